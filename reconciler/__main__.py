@@ -1,0 +1,5 @@
+"""`python -m reconciler` runs the command line."""
+
+from reconciler import cli
+
+raise SystemExit(cli.main())

@@ -1,0 +1,87 @@
+"""Error kinds, named by what the loop does next (see STYLE B3).
+
+Adapters convert foreign exceptions (docker, git, sigstore) into these at their boundary;
+nothing else in the package catches third-party exception types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a file is rejected: where it is and why.
+
+    `file` is the path as the user knows it (`apps/gw/app.yaml`, `/etc/reconciler/config.yaml`),
+    `field` the dotted path inside it (`spec.containers[1].ports[0]`, empty for the whole file).
+    """
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.message}"
+
+
+class ReconcilerError(Exception):
+    """Base for everything we raise on purpose."""
+
+
+class ProblemsError(ReconcilerError):
+    """An input has one or more problems; all of them are reported, not just the first."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SettingsError(ProblemsError):
+    """Device config invalid: the CLI exits 2 and systemd shows why."""
+
+
+class RevisionRejected(ReconcilerError):
+    """Never apply this revision; wait for a new head."""
+
+
+class ManifestError(ProblemsError, RevisionRejected):
+    """A manifest is invalid; carries every problem of the file."""
+
+
+class ReleaseError(ProblemsError, RevisionRejected):
+    """`.fleet/release.json` is missing, malformed or does not match the files it pins."""
+
+
+class PolicyViolation(ProblemsError, RevisionRejected):
+    """A valid, signed manifest asks for something this device's policy forbids."""
+
+
+class VerificationError(RevisionRejected):
+    """Signature missing or invalid, wrong identity, rollback or equivocation."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # metric label of reconciler_verification_failures_total
+
+
+class TransientError(ReconcilerError):
+    """Retry with backoff."""
+
+
+class FetchError(TransientError):
+    """No remote of the fleet repo answered."""
+
+
+class EngineError(TransientError):
+    """The container engine failed or is unreachable."""
+
+
+class ApplyError(ReconcilerError):
+    """An action failed half way: roll back."""
+
+
+class HealthCheckFailed(ReconcilerError):
+    """A required check failed: roll back."""
