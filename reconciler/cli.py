@@ -1,9 +1,150 @@
-"""Command line: builds settings and adapters, maps errors to exit codes."""
+"""Command line: parses arguments, builds settings and adapters, maps errors to exit codes.
+
+Exit codes (SPEC 3.3): 0 success, 1 failure (state kept / invalid input), 2 bad config or usage,
+3 rolled back. Heavy modules (docker, git, sigstore) are imported inside the verbs that need them.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-def main(argv: list[str] | None = None) -> int:
+from reconciler import __version__, durations
+from reconciler.errors import ProblemsError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ROLLED_BACK = 3
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `reconciler` console script."""
-    del argv
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="GitOps pull-based reconciler for devices: polls a fleet repo, verifies the "
+        "signed release, runs the selected apps on the local container engine, rolls back "
+        "unhealthy changes.",
+        epilog="Run 'reconciler VERB --help' for a verb's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    verbs = parser.add_subparsers(title="verbs", metavar="VERB")
+    _add_repo_verbs(verbs)
+    return parser
+
+
+def _verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help_text: str,
+    example: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    parser = verbs.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    validate = _verb(
+        verbs,
+        "validate",
+        help_text="Validate every manifest of a fleet repo checkout (for pull-request checks).",
+        example="reconciler validate ./fleet   # exit 0 valid, 1 invalid",
+        handler=_validate,
+    )
+    validate.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
+
+    plan = _verb(
+        verbs,
+        "plan",
+        help_text="Show which apps, revisions and images each device would get, and what "
+        "changes against the last release.",
+        example="reconciler plan ./fleet --inventory ./fleet/devices/inventory.yaml\n"
+        "  reconciler plan ./fleet --labels role=gateway,ring=canary --device gw-01",
+        handler=_plan,
+    )
+    plan.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
+    source = plan.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labels", help="one device's labels: k=v,k2=v2")
+    source.add_argument("--inventory", help="a devices/inventory.yaml file")
+    plan.add_argument(
+        "--device", default="device", help="device name with --labels (rollout bucket)"
+    )
+
+    release = _verb(
+        verbs,
+        "release",
+        help_text="Write .fleet/release.json (the snapshot devices pin) from the checkout.",
+        example="reconciler release ./fleet --no-sign --expires-in 30d",
+        handler=_release,
+    )
+    release.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
+    release.add_argument("--no-sign", action="store_true", help="write the file only")
+    release.add_argument(
+        "--expires-in", default="30d", help="validity of the release (default 30d)"
+    )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from reconciler import repo_verbs
+
+    return repo_verbs.validate(Path(args.repo))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from reconciler import repo_verbs
+
+    try:
+        if args.inventory:
+            devices = repo_verbs.inventory_devices(Path(args.inventory))
+        else:
+            labels = repo_verbs.parse_label_list(args.labels)
+            devices = [repo_verbs.Device(args.device, labels)]
+    except (ValueError, ProblemsError, OSError) as exc:
+        print(f"plan: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return repo_verbs.plan(Path(args.repo), devices=devices)
+
+
+def _release(args: argparse.Namespace) -> int:
+    from reconciler import repo_verbs
+
+    try:
+        expires_in = durations.parse_duration(args.expires_in)
+    except ValueError as exc:
+        print(f"release: --expires-in: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.no_sign:
+        print(
+            "release: signing is not available in this build; pass --no-sign to write an "
+            "unsigned release (devices accept it only with trust.allow_unsigned: true)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    code, _data = repo_verbs.write_release(Path(args.repo), expires_in=expires_in)
+    return code
