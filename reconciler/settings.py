@@ -1,0 +1,512 @@
+"""Device config (SPEC 3.1): `config.yaml` bytes + environment + hostname -> DeviceSettings.
+
+Owns the config schema: its keys, defaults, units and validation. Every problem of a file is
+reported at once in one SettingsError (the CLI exits 2), each naming the file and the dotted key.
+Pure except `read`, which only reads the config file; it must not watch files, list
+`device.labels_dir` (the daemon does, and hands the bytes to `merge_label_files`) or touch the
+engine, Git or the network.
+A key written with no value (`name:`, i.e. null) counts as absent, so its default applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from reconciler import durations, errors, labels, model, safe_yaml
+
+DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
+CONFIG_ENV = "RECONCILER_CONFIG"
+DEFAULT_STATE_DIR = "/var/lib/reconciler"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
+
+_GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
+_DOCKER_SCHEMES = ("http", "https", "npipe", "ssh", "tcp", "unix")
+# host may be empty (every address) or a bracketed IPv6 address.
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>[0-9]{1,5})")
+# git check-ref-format, simplified: what a branch name may not contain.
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock$")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """`device`: who this device is.
+
+    `name`: a DNS label; default the hostname (lower-cased). Seeds rollout buckets.
+    `labels`: sorted (key, value) pairs that app selectors match; default none.
+    `labels_dir`: directory whose `*.yaml` label files are merged over `labels`; default None.
+    """
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    labels_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """`source`: where the fleet repo is.
+
+    `url`: required; https/http/ssh/git/file URL, `[user@]host:path` or a local path.
+    `mirrors`: tried in order when `url` fails; default none. `branch`: default `main`.
+    `poll_interval`: seconds, > 0; default 60. `jitter`: fraction of the interval in [0, 1]
+    added at random so a fleet does not poll in step; default 0.1.
+    """
+
+    url: str
+    mirrors: tuple[str, ...] = ()
+    branch: str = "main"
+    poll_interval: float = 60.0
+    jitter: float = 0.1
+
+    @property
+    def remotes(self) -> tuple[str, ...]:
+        """The url, then the mirrors: the order fetches try them in."""
+        return (self.url, *self.mirrors)
+
+
+@dataclass(frozen=True)
+class TrustIdentity:
+    """One signer allowed to release: certificate identity (SAN) and OIDC issuer, both exact."""
+
+    identity: str
+    issuer: str
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """`trust`: who may sign releases.
+
+    `identities`: any one may sign; required (non-empty) unless `allow_unsigned`.
+    `trusted_root`: path of a sigstore trusted_root.json; default None = the public Sigstore root.
+    `allow_unsigned`: default False; True skips verification (labs only, warned every cycle).
+    """
+
+    identities: tuple[TrustIdentity, ...] = ()
+    trusted_root: str | None = None
+    allow_unsigned: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """`runtime`: the container engine.
+
+    `docker_host`: engine address; default the DOCKER_HOST environment variable, else None,
+    meaning the engine's default socket. `namespace`: "" (default) or a DNS label, set to share
+    one engine between several reconcilers.
+    """
+
+    docker_host: str | None = None
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """`health`: when a changed app counts as healthy.
+
+    `timeout`: seconds the changed apps have to pass their checks; default 120.
+    `stable_for`: seconds they must then keep running without restarts; default 10.
+    `commands`: host-side checks as argv tuples, exit 0 = healthy; default none. Written as a
+    string (split like a shell would, no shell runs it) or as a list of strings.
+    """
+
+    timeout: float = 120.0
+    stable_for: float = 10.0
+    commands: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`metrics`: Prometheus exposition.
+
+    `listen`: `host:port` (host may be empty = every address, or `[v6]`); default
+    `127.0.0.1:9469`; "" disables. `pushgateway`: optional push target; default "" = none.
+    """
+
+    listen: str = DEFAULT_METRICS_LISTEN
+    pushgateway: str = ""
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to serve on, or None when disabled."""
+        return _split_listen(self.listen) if self.listen else None
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """The whole device config. `state_dir`: where state lives; default `/var/lib/reconciler`."""
+
+    device: DeviceConfig
+    source: SourceConfig
+    trust: TrustConfig = TrustConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    health: HealthSettings = HealthSettings()
+    policy: model.DevicePolicy = field(default_factory=model.DevicePolicy)
+    state_dir: str = DEFAULT_STATE_DIR
+    metrics: MetricsConfig = MetricsConfig()
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The device's labels as a dict, for selectors."""
+        return dict(self.device.labels)
+
+    def with_labels(self, merged: Mapping[str, str]) -> DeviceSettings:
+        """A copy whose labels are `merged` (e.g. the result of `merge_label_files`)."""
+        device = dataclasses.replace(self.device, labels=tuple(sorted(merged.items())))
+        return dataclasses.replace(self, device=device)
+
+
+def config_path(cli_value: str | None, env: Mapping[str, str]) -> str:
+    """The config file to read: `--config` beats RECONCILER_CONFIG beats the default."""
+    return cli_value or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def read(path: str, *, env: Mapping[str, str], hostname: str) -> DeviceSettings:
+    """Read and load the config at `path`; the only function here that does I/O."""
+    try:
+        with Path(path).open("rb") as handle:
+            # One byte over the cap is enough for safe_yaml to reject an oversized file.
+            data = handle.read(safe_yaml.MAX_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        problem = errors.Problem(file=path, field="", message=f"cannot read the config: {reason}")
+        raise errors.SettingsError([problem]) from None
+    return load(data, file=path, env=env, hostname=hostname)
+
+
+def load(data: bytes, *, file: str, env: Mapping[str, str], hostname: str) -> DeviceSettings:
+    """Parse and validate config bytes; raise SettingsError carrying every problem.
+
+    Keys that are absent keep the dataclass defaults; checks run per key from `_SCHEMA`, then
+    the rules that span keys (required url, trust, hostname and DOCKER_HOST defaults).
+    """
+    try:
+        document = safe_yaml.load(data, file=file)
+    except errors.ProblemsError as exc:
+        raise errors.SettingsError(exc.problems) from None
+    check = _Checker(file)
+    if document is not None and not isinstance(document, dict):
+        check.fail("", f"expected a mapping of config sections, got {_show(document)}")
+        raise errors.SettingsError(check.problems)  # nothing else can be said about it
+    top = check.mapping(document, "", (*_SCHEMA, "state_dir"))
+    found = {name: _section(check, top.get(name), name, keys) for name, keys in _SCHEMA.items()}
+    device, source, trust, runtime = (found[n] for n in ("device", "source", "trust", "runtime"))
+    if "name" not in device:
+        # Hostnames are case-insensitive and often capitalised; DNS labels are lower-case.
+        name = hostname if labels.dns_label_error(hostname) is None else hostname.lower()
+        if problem := labels.dns_label_error(name):
+            check.fail("device.name", f"not set, and the hostname cannot be used: {problem}")
+        device["name"] = name
+    if "url" not in source:
+        check.fail("source.url", "missing required key")
+    if trust.get("identities", ()) == () and trust.get("allow_unsigned") is not True:
+        check.fail(
+            "trust.identities",
+            "at least one identity is required unless trust.allow_unsigned is true",
+        )
+    if "docker_host" not in runtime and env.get("DOCKER_HOST"):
+        runtime["docker_host"] = env["DOCKER_HOST"]
+        if problem := _docker_host_error(env["DOCKER_HOST"]):
+            check.fail("runtime.docker_host", f"{problem} (from the DOCKER_HOST variable)")
+    state_dir = _path(check, top["state_dir"], "state_dir") if "state_dir" in top else None
+    if check.problems:
+        raise errors.SettingsError(check.problems)
+    return DeviceSettings(
+        device=DeviceConfig(**device),
+        source=SourceConfig(**source),
+        trust=TrustConfig(**trust),
+        runtime=RuntimeConfig(**runtime),
+        health=HealthSettings(**found["health"]),
+        policy=model.DevicePolicy(**found["policy"]),
+        state_dir=state_dir or DEFAULT_STATE_DIR,
+        metrics=MetricsConfig(**found["metrics"]),
+    )
+
+
+def merge_label_files(
+    base: Mapping[str, str], files: Sequence[tuple[str, bytes]]
+) -> dict[str, str]:
+    """Merge flat label mappings over `base`; later files win. Problems name each file."""
+    merged = dict(base)
+    problems: list[errors.Problem] = []
+    for name, data in files:
+        try:
+            document = safe_yaml.load(data, file=name)
+        except errors.ProblemsError as exc:
+            problems.extend(exc.problems)
+            continue
+        check = _Checker(name)
+        merged.update(_labels(check, document, ""))
+        problems.extend(check.problems)
+    if problems:
+        raise errors.SettingsError(problems)
+    return merged
+
+
+class _Checker:
+    """Collects the problems of one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[errors.Problem] = []
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(errors.Problem(file=self.file, field=where, message=message))
+
+    def mapping(self, value: Any, where: str, keys: Iterable[str]) -> dict[str, Any]:
+        """The known, non-null entries of a mapping; unknown keys are problems."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {_show(value)}")
+            return {}
+        known = sorted(keys)
+        for key in value:
+            if key not in known:
+                self.fail(_at(where, key), f"unknown key; expected one of {', '.join(known)}")
+        return {key: item for key, item in value.items() if key in known and item is not None}
+
+
+# A check validates one value at a field path, records problems, and returns the value to keep
+# (None after a problem: nothing is built from a config that has any).
+Check = Callable[[_Checker, Any, str], Any]
+
+
+def _section(check: _Checker, raw: Any, where: str, keys: Mapping[str, Check]) -> dict[str, Any]:
+    found = check.mapping(raw, where, keys)
+    return {key: keys[key](check, value, f"{where}.{key}") for key, value in found.items()}
+
+
+def _list_of(item: Check) -> Check:
+    def check_list(check: _Checker, value: Any, where: str) -> tuple[Any, ...] | None:
+        if not isinstance(value, list):
+            check.fail(where, f"expected a list, got {_show(value)}")
+            return None
+        return tuple(item(check, entry, f"{where}[{index}]") for index, entry in enumerate(value))
+
+    return check_list
+
+
+def _string(check: _Checker, value: Any, where: str) -> str | None:
+    if isinstance(value, str):
+        return value
+    check.fail(where, f"expected a string, got {_show(value)}")
+    return None
+
+
+def _path(check: _Checker, value: Any, where: str) -> str | None:
+    text = _string(check, value, where)
+    if text is not None and not text.strip():
+        check.fail(where, "must not be empty")
+        return None
+    return text
+
+
+def _rule(base: Check, problem_of: Callable[[str], str | None]) -> Check:
+    """`base` (_string or _path), then a rule on the text that returns why it is wrong."""
+
+    def check_text(check: _Checker, value: Any, where: str) -> str | None:
+        text = base(check, value, where)
+        if text is not None and (problem := problem_of(text)):
+            check.fail(where, problem)
+        return text
+
+    return check_text
+
+
+def _flag(check: _Checker, value: Any, where: str) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    check.fail(where, f"expected true or false, got {_show(value)}")
+    return None
+
+
+def _duration(check: _Checker, value: Any, where: str) -> float | None:
+    try:
+        return durations.parse_duration(value)
+    except ValueError as exc:
+        check.fail(where, str(exc))
+        return None
+
+
+def _positive_duration(check: _Checker, value: Any, where: str) -> float | None:
+    seconds = _duration(check, value, where)
+    if seconds is not None and seconds <= 0:
+        check.fail(where, f'must be greater than 0, got "{value}"')
+    return seconds
+
+
+def _fraction(check: _Checker, value: Any, where: str) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        check.fail(where, f"expected a number from 0 to 1, got {_show(value)}")
+        return None
+    if not 0 <= value <= 1:
+        check.fail(where, f"must be from 0 to 1, got {value}")
+    return float(value)
+
+
+def _labels(check: _Checker, value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """Sorted valid (key, value) pairs of a flat label mapping; each bad one is a problem."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        check.fail(where, f"expected a mapping of label keys to values, got {_show(value)}")
+        return ()
+    good: dict[str, str] = {}
+    for key, item in value.items():
+        problems = [p for p in (labels.label_key_error(key), labels.label_value_error(item)) if p]
+        for problem in problems:
+            check.fail(_at(where, key), problem)
+        if not problems:
+            good[key] = item
+    return tuple(sorted(good.items()))
+
+
+def _git_url_error(url: str) -> str | None:
+    if url.startswith("-"):
+        return f'"{url}" starts with "-", which git would read as an option'
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return f"{url!r} contains control characters"
+    if "://" not in url:
+        return None  # [user@]host:path or a local path: git tells them apart by the colon
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        parts = None
+    scheme = parts.scheme.lower() if parts else ""
+    if scheme in _GIT_SCHEMES and parts and (parts.hostname or scheme == "file"):
+        return None
+    return (
+        "expected an https, http, ssh, git or file URL, [user@]host:path or a local path, "
+        f'got "{url}"'
+    )
+
+
+def _branch_error(name: str) -> str | None:
+    return f'"{name}" is not a valid git branch name' if _BAD_REF.search(name) else None
+
+
+def _namespace_error(name: str) -> str | None:
+    problem = labels.dns_label_error(name) if name else None
+    return f'must be "" or a DNS label: {problem}' if problem else None
+
+
+def _docker_host_error(host: str) -> str | None:
+    scheme = host.partition("://")[0] if "://" in host else None
+    if scheme is None or scheme in _DOCKER_SCHEMES:
+        return None  # without a scheme docker reads "host:port" as tcp
+    return f'expected unix://PATH, tcp://HOST:PORT or ssh://[USER@]HOST, got "{host}"'
+
+
+def _listen_error(text: str) -> str | None:
+    if not text or _split_listen(text):
+        return None
+    return f'expected "host:port" with a port from 1 to 65535, or "" to disable, got "{text}"'
+
+
+def _identity(check: _Checker, value: Any, where: str) -> TrustIdentity | None:
+    if not isinstance(value, dict):
+        check.fail(where, f"expected a mapping with identity and issuer, got {_show(value)}")
+        return None
+    entry = check.mapping(value, where, ("identity", "issuer"))
+    for key in ("identity", "issuer"):
+        if key not in entry:
+            check.fail(f"{where}.{key}", "missing required key")
+    texts = {key: _path(check, item, f"{where}.{key}") for key, item in entry.items()}
+    return TrustIdentity(**texts) if texts.get("identity") and texts.get("issuer") else None
+
+
+def _abs_path(check: _Checker, value: Any, where: str) -> str | None:
+    path = _path(check, value, where)
+    if path is None:
+        return None
+    if not path.startswith("/"):
+        check.fail(where, f'expected an absolute path, got "{path}"')
+    elif ".." in path.split("/"):
+        check.fail(where, f'must not contain ".." (a prefix check could be escaped), got "{path}"')
+    # Canonical form, so "under one of these" is a plain component-wise prefix test.
+    return "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+
+
+def _command(check: _Checker, value: Any, where: str) -> tuple[str, ...] | None:
+    """An argv from a string (split like a shell, never run by one) or a list of strings."""
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            check.fail(where, f'cannot split "{value}" into words: {exc}')
+            return None
+    elif isinstance(value, list):
+        argv = [_string(check, part, f"{where}[{index}]") for index, part in enumerate(value)]
+        if None in argv:
+            return None
+    else:
+        check.fail(where, f"expected a command string or a list of strings, got {_show(value)}")
+        return None
+    if not argv or not argv[0].strip():
+        check.fail(where, "empty command; expected a program and its arguments")
+    return tuple(argv)
+
+
+def _split_listen(text: str) -> tuple[str, int] | None:
+    match = _LISTEN.fullmatch(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        return None
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def _show(value: Any) -> str:
+    """What was found, for `expected X, got Y` messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f'string "{value}"'
+    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _at(parent: str, key: object) -> str:
+    return f"{parent}.{key}" if parent else str(key)
+
+
+_SCHEMA: dict[str, dict[str, Check]] = {
+    "device": {
+        "name": _rule(_string, labels.dns_label_error),
+        "labels": _labels,
+        "labels_dir": _path,
+    },
+    "source": {
+        "url": _rule(_path, _git_url_error),
+        "mirrors": _list_of(_rule(_path, _git_url_error)),
+        "branch": _rule(_path, _branch_error),
+        "poll_interval": _positive_duration,
+        "jitter": _fraction,
+    },
+    "trust": {"identities": _list_of(_identity), "trusted_root": _path, "allow_unsigned": _flag},
+    "runtime": {
+        "docker_host": _rule(_path, _docker_host_error),
+        "namespace": _rule(_string, _namespace_error),
+    },
+    "health": {
+        "timeout": _positive_duration,
+        "stable_for": _duration,
+        "commands": _list_of(_command),
+    },
+    "policy": {
+        "allowed_registries": _list_of(_path),
+        "require_digest": _flag,
+        "allow_privileged": _flag,
+        "allow_host_network": _flag,
+        "allowed_host_paths": _list_of(_abs_path),
+    },
+    "metrics": {"listen": _rule(_string, _listen_error), "pushgateway": _string},
+}
