@@ -31,7 +31,8 @@ def plan(
     """Every action that makes `observed` equal `desired`, KEEPs included, in execution order.
 
     Order: one PULL per distinct image that a CREATE or REPLACE needs (so a failed pull touches
-    nothing), then per app by name: its REMOVEs, then its containers in start order.
+    nothing), then every REMOVE (apps by name), then per app by name its containers in start
+    order.
     `applied` (app -> revision last applied) only sharpens the reasons.
     """
     applied = applied or {}
@@ -73,10 +74,13 @@ def plan(
             for o in sorted(extra, key=lambda o: o.id)
         ]
 
+    # Every removal first: a container that leaves (or an app renamed) frees its host ports
+    # and names before anything new claims them.
     actions: list[model.Action] = []
-    for app in sorted(set(removes) | set(ordered)):
-        actions += removes.get(app, [])
-        actions += [a for _, a in sorted(ordered.get(app, []), key=lambda pair: pair[0])]
+    for app in sorted(removes):
+        actions += removes[app]
+    for app in sorted(ordered):
+        actions += [a for _, a in sorted(ordered[app], key=lambda pair: pair[0])]
     return _pulls(actions) + actions
 
 

@@ -216,15 +216,15 @@ def test_duplicates_of_a_container_no_longer_desired_are_all_removed():
     assert [(a.kind, a.observed.id) for a in actions] == [(Kind.REMOVE, "x"), (Kind.REMOVE, "y")]
 
 
-def test_apps_are_planned_in_name_order_after_all_pulls():
+def test_apps_are_planned_in_name_order_after_all_pulls_and_removals():
     zeta, alpha = want("zeta", "a", image="reg/z:1"), want("alpha", "b", image="reg/a:1")
     gone = want("beta", "c")
     actions = planner.plan([zeta, alpha], [seen(gone)], namespace=NS)
     assert kinds(actions) == [
         ("pull", "alpha", "reg/a:1"),
         ("pull", "zeta", "reg/z:1"),
-        ("create", "alpha", "b"),
         ("remove", "beta", "c"),
+        ("create", "alpha", "b"),
         ("create", "zeta", "a"),
     ]
 
