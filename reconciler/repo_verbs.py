@@ -53,7 +53,7 @@ def plan(
     out: TextIO = sys.stdout,
 ) -> int:
     """For each device: the apps, revisions and images it would run, against the last release."""
-    now = now or datetime.now(UTC)
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
     files, problems = checkout.manifest_files(root)
     apps, parse_problems = manifests.parse_many(files)
     problems += parse_problems
@@ -200,14 +200,19 @@ def write_release(
         _print_problems(problems, out=out)
         print("release: nothing written", file=out)
         return 1, None
-    built = release.build(
-        files,
-        previous=previous,
-        now=now,
-        source_commit=checkout.head_commit(root),
-        expires_in=expires_in,
-        images=images,
-    )
+    try:
+        built = release.build(
+            files,
+            previous=previous,
+            now=now,
+            source_commit=checkout.head_commit(root),
+            expires_in=expires_in,
+            images=images,
+        )
+    except ProblemsError as exc:
+        _print_problems(exc.problems, out=out)
+        print("release: nothing written", file=out)
+        return 1, None
     data = release.serialize(built)
     target = root / release.RELEASE_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
