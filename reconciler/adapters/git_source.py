@@ -1,0 +1,451 @@
+"""Git source adapter: the fleet repo as seen by the device, through GitPython and the git CLI.
+
+Owns a bare cache repo (`cache_dir`, e.g. `<state_dir>/mirror.git`), the cheap head query
+(`git ls-remote`), shallow fetches of a moved head, and size-capped reads of files at a commit
+straight from Git objects. Remotes are the url then its mirrors, tried in order. The cycle calls
+`head()`, `ensure()`, then `read()`/`list_files()`.
+
+Must not: run a shell (every git call is an argument list), check anything out (no worktree, so
+no symlink can be followed and no hook or filter runs on content), trust the cache (it is only
+a cache: the release signature is verified on every read by the caller), sleep or retry (the
+daemon backs off, see `reconciler.backoff`), log on success, or let a credential embedded in a
+URL reach a log line, an error message or a metric label (only redacted names leave this module).
+
+Not thread-safe: GitPython keeps one `git cat-file --batch` process per repo; use one GitSource
+per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from reconciler import errors
+
+DEFAULT_TIMEOUT = 60.0
+
+_ALLOWED_SCHEMES = frozenset({"https", "http", "ssh", "git", "file", "git+ssh", "ssh+git"})
+_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/'\"]*@")
+_KINDS = {0o04: "directory", 0o10: "regular file", 0o12: "symbolic link", 0o16: "submodule"}
+
+# Applied to every git call through the environment (git >= 2.31 reads GIT_CONFIG_COUNT), so a
+# cache created by an older version of this code gets them too.
+_GIT_CONFIG = (
+    # A power cut must not leave a torn object or ref that later reads as "present".
+    ("core.fsync", "committed"),
+    # gc runs inside our timeout and never behind our back holding locks.
+    ("gc.autoDetach", "false"),
+    ("maintenance.autoDetach", "false"),
+    # Objects come from a server or mirror we do not trust: reject malformed ones at the door.
+    ("transfer.fsckObjects", "true"),
+)
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",  # a daemon has nobody to type a password
+    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",  # no ext::, fd:: or other helpers
+    "GIT_CONFIG_COUNT": str(len(_GIT_CONFIG)),
+    **{f"GIT_CONFIG_KEY_{i}": key for i, (key, _) in enumerate(_GIT_CONFIG)},
+    **{f"GIT_CONFIG_VALUE_{i}": value for i, (_, value) in enumerate(_GIT_CONFIG)},
+}
+
+
+@dataclass(frozen=True)
+class RemoteHead:
+    """The branch head one remote reported; `remote` is its redacted name (safe to log).
+
+    `failures` are the (redacted remote, reason) of remotes tried before it, so the daemon can
+    count `reconciler_fetch_errors_total{remote}` for a primary that is down behind a mirror.
+    """
+
+    commit: str
+    remote: str
+    failures: tuple[tuple[str, str], ...] = ()
+
+
+class RemotesFailed(errors.FetchError):
+    """Every remote tried failed; `failures` holds (redacted remote, reason) in order tried.
+
+    The daemon counts `reconciler_fetch_errors_total{remote}` from `failures`.
+    """
+
+    def __init__(self, action: str, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures: tuple[tuple[str, str], ...] = tuple(failures)
+        detail = "; ".join(f"{remote}: {reason}" for remote, reason in self.failures)
+        super().__init__(f"{action}: every remote failed: {detail}")
+
+
+class FileRejected(errors.ProblemsError, errors.RevisionRejected):
+    """A path at a commit is not a readable regular file (symlink, submodule, tree, too big)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__([errors.Problem(file=path, field="", message=reason)])
+        self.path = path
+
+
+def redact(url: str) -> str:
+    """`url` with any credentials replaced by `***` (`https://u:pw@h/x` -> `https://***@h/x`).
+
+    For http(s) even a bare user name is hidden, as tokens are often passed that way; an ssh
+    user without a password (`ssh://git@host/x`, `git@host:x`) is kept, it is no secret.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # Up to the LAST "@": an unencoded "@" or "/" in a password must not leak the rest of it.
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url
+    if scheme.lower() in {"ssh", "git+ssh", "ssh+git"} and not re.search(r"[:/]", userinfo):
+        return url
+    return f"{scheme}://***@{hostpart}"
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not an acceptable source URL, or None. For config validation too."""
+    if not url:
+        return "must not be empty"
+    if url.startswith("-"):
+        return 'must not start with "-"'
+    if any(ord(c) < 32 or c == "\x7f" for c in url):
+        return "must not contain control characters"
+    scheme, sep, _ = url.partition("://")
+    if sep:
+        if scheme.lower() not in _ALLOWED_SCHEMES:
+            return f'unsupported scheme "{scheme}" (use https, ssh, git, file or a local path)'
+        return None
+    transport, sep, _ = url.partition("::")
+    if sep and "/" not in transport:
+        return f'remote helpers ("{transport}::") are not allowed'
+    return None
+
+
+def branch_problem(branch: str) -> str | None:
+    """Why `branch` is not a valid branch name (git check-ref-format rules), or None."""
+    bad = (
+        not branch
+        or branch.startswith(("-", "/", "."))
+        or branch.endswith(("/", ".", ".lock"))
+        or branch == "@"
+        or any(s in branch for s in ("..", "//", "@{", "/."))
+        or any(ord(c) < 33 or c in "\x7f~^:?*[\\" for c in branch)
+        or any(part.endswith(".lock") for part in branch.split("/"))
+    )
+    return f'"{branch}" is not a valid branch name' if bad else None
+
+
+@dataclass(frozen=True)
+class _Remote:
+    given: str  # as configured: may hold credentials, goes to git only
+    arg: str  # what git receives (local paths made absolute)
+    name: str  # redacted: for messages, logs and metric labels
+
+
+def _remote(url: str) -> _Remote:
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(f"source url {redact(url)!r}: {problem}")
+    # git's rule: "[user@]host:path" is ssh when no "/" comes before the first ":".
+    head, colon, _ = url.partition(":")
+    if "://" in url or (colon and "/" not in head):
+        return _Remote(given=url, arg=url, name=redact(url))
+    # A plain path: absolute now, because git runs with the cache repo as its directory.
+    return _Remote(given=url, arg=str(Path(url).absolute()), name=url)
+
+
+class GitSource:
+    """The fleet repo: remotes in order, one branch, one bare cache repo."""
+
+    def __init__(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str],
+        urls: Sequence[str],
+        branch: str,
+        logger: logging.Logger | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not urls:
+            raise ValueError("source: at least one url is needed")
+        problem = branch_problem(branch)
+        if problem:
+            raise ValueError(f"source branch: {problem}")
+        self._remotes = tuple(_remote(u) for u in urls)
+        self._branch = branch
+        self._ref = f"refs/heads/{branch}"
+        self._tracking = f"refs/remotes/origin/{branch}"  # keeps fetched objects from gc
+        self._cache_dir = Path(cache_dir).absolute()
+        self._log = logger or logging.getLogger(__name__)
+        self._timeout = timeout
+        self._repo: git.Repo | None = None
+
+    @property
+    def remotes(self) -> tuple[str, ...]:
+        """Redacted remote names in the order tried (metric label values)."""
+        return tuple(r.name for r in self._remotes)
+
+    def close(self) -> None:
+        """Stop the cat-file helper processes; the next call restarts them."""
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+    def __enter__(self) -> GitSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- network ---------------------------------------------------------------------------
+
+    def head(self) -> RemoteHead:
+        """The branch head from the first remote that answers (`git ls-remote`, no fetch)."""
+        self._open()
+        failures: list[tuple[str, str]] = []
+        for remote in self._remotes:
+            status, out, err = self._run("ls-remote", "--", remote.arg, self._ref)
+            if status != 0:
+                failures.append((remote.name, self._reason(status, err)))
+            else:
+                commit = _parse_ls_remote(out, self._ref)
+                if commit is not None:
+                    self._note_failover(failures, remote)
+                    return RemoteHead(commit=commit, remote=remote.name, failures=tuple(failures))
+                failures.append((remote.name, f"branch {self._branch} not found on {remote.name}"))
+        raise RemotesFailed(f"head of branch {self._branch}", failures)
+
+    def ensure(self, commit: str, remote: str) -> None:
+        """Make `commit` readable from the cache: nothing if present, else a shallow fetch.
+
+        `remote` is the name from `RemoteHead` (or a configured url); it is tried first, the
+        other remotes after it, until one fetch brings the commit.
+        """
+        sha = _check_sha(commit)
+        self._open()
+        if self._has_commit(sha):
+            return
+        first = next((r for r in self._remotes if remote in (r.name, r.given)), None)
+        if first is None:
+            raise ValueError(f"remote {redact(remote)!r} is not one of {list(self.remotes)}")
+        failures: list[tuple[str, str]] = []
+        for candidate in (first, *(r for r in self._remotes if r is not first)):
+            reason = self._fetch(candidate)
+            if reason is None and self._has_commit(sha):
+                self._note_failover(failures, candidate)
+                return
+            if reason is None:
+                reason = f"branch {self._branch} no longer points at {sha} (moved since the query)"
+            failures.append((candidate.name, reason))
+        self.close()  # the next call re-runs `git init`: repairs a cache deleted under us
+        raise RemotesFailed(f"fetch {sha} of branch {self._branch}", failures)
+
+    def contains(self, commit: str) -> bool:
+        """Whether `commit` is in the cache already (no network)."""
+        sha = _check_sha(commit)
+        self._open()
+        return self._has_commit(sha)
+
+    def _fetch(self, remote: _Remote) -> str | None:
+        """Fetch the branch from `remote`; the failure reason, or None on success."""
+        self._clear_stale_locks()
+        refspec = f"+{self._ref}:{self._tracking}"
+        base = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules")
+        status, _, err = self._run(*base, "--depth", "1", "--", remote.arg, refspec)
+        if status != 0 and re.search(r"shallow|depth", err, re.IGNORECASE):
+            # Dumb HTTP servers (and some old ones) refuse shallow fetches: fetch in full.
+            status, _, err = self._run(*base, "--", remote.arg, refspec)
+        return None if status == 0 else self._reason(status, err)
+
+    def _note_failover(self, failures: list[tuple[str, str]], used: _Remote) -> None:
+        # Success after failures: the operator should learn that the primary is down.
+        if failures:
+            failed = "; ".join(f"{name}: {reason}" for name, reason in failures)
+            self._log.warning(
+                "git remote used after failures: remote=%s failed=%s", used.name, failed
+            )
+
+    # --- objects ---------------------------------------------------------------------------
+
+    def read(self, commit: str, path: str, *, max_bytes: int) -> bytes | None:
+        """Bytes of the regular file `path` at `commit`, or None if no such path.
+
+        A symlink, submodule or directory at (or on the way to) `path` raises FileRejected and
+        is never followed; so does a blob over `max_bytes`, judged by its header before any of
+        its data is read.
+        """
+        sha, parts = _check_sha(commit), _split(path)
+        try:
+            tree = self._tree(sha)
+            entry = _walk(tree, parts, path)
+            if entry is None:
+                return None
+            kind = _kind(entry.mode)
+            if kind == "symbolic link":
+                raise FileRejected(path, "is a symbolic link; links are never followed")
+            if kind != "regular file":
+                raise FileRejected(path, f"is a {kind}, not a regular file")
+            size = self._open().odb.info(entry.binsha).size
+            if size > max_bytes:
+                raise FileRejected(path, f"is {size} bytes, over the limit of {max_bytes}")
+            data: bytes = self._open().odb.stream(entry.binsha).read()
+        except (git.GitError, ValueError, OSError) as exc:
+            raise self._cache_error(exc) from exc
+        return data
+
+    def list_files(self, commit: str, prefix: str = "") -> list[str]:
+        """Sorted paths of the regular files under `prefix` ("apps/"; "" for all) at `commit`.
+
+        Symlinks and submodules below the prefix are left out (read() would refuse them).
+        """
+        sha, parts = _check_sha(commit), _split(prefix.rstrip("/")) if prefix else []
+        try:
+            tree = self._tree(sha)
+            if parts:
+                entry = _walk(tree, parts, prefix)
+                if entry is None or _kind(entry.mode) == "regular file":
+                    return []
+                if not isinstance(entry, git.Tree):
+                    raise FileRejected(prefix, f"is a {_kind(entry.mode)}; it is never followed")
+                tree = entry
+            return sorted(
+                item.path
+                for item in tree.traverse()
+                if isinstance(item, git.Blob) and _kind(item.mode) == "regular file"
+            )
+        except (git.GitError, ValueError, OSError) as exc:
+            raise self._cache_error(exc) from exc
+
+    def _tree(self, sha: str) -> git.Tree:
+        repo = self._open()
+        if not self._has_commit(sha):
+            raise errors.FetchError(f"commit {sha} is not in the cache {self._cache_dir}")
+        return git.Commit(repo, bytes.fromhex(sha)).tree
+
+    def _has_commit(self, sha: str) -> bool:
+        try:
+            return self._open().odb.info(bytes.fromhex(sha)).type == b"commit"
+        except ValueError as exc:
+            if str(exc).endswith(" missing'"):  # cat-file's answer for an absent object
+                return False
+            raise self._cache_error(exc) from exc
+        except (git.GitError, OSError) as exc:
+            raise self._cache_error(exc) from exc
+
+    def _cache_error(self, exc: Exception) -> errors.FetchError:
+        # The cat-file helper may be dead or the cache damaged: start afresh on the next call.
+        self.close()
+        return errors.FetchError(
+            f"cannot read the cache {self._cache_dir}: {_scrub_text(str(exc))}"
+        )
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _open(self) -> git.Repo:
+        if self._repo is None:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            runner = git.Git(str(self._cache_dir))
+            runner.update_environment(**_GIT_ENV, GIT_DIR=str(self._cache_dir))
+            # Idempotent, so it also repairs a half-created cache; no templates: no sample hooks.
+            status, _, err = self._run("init", "--quiet", "--bare", "--template=", runner=runner)
+            if status != 0:
+                raise errors.FetchError(f"cannot create the cache {self._cache_dir}: {err.strip()}")
+            repo = git.Repo(str(self._cache_dir))
+            repo.git.update_environment(**_GIT_ENV, GIT_DIR=str(self._cache_dir))
+            self._repo = repo
+        return self._repo
+
+    def _run(self, *args: str, runner: git.Git | None = None) -> tuple[int, str, str]:
+        runner = runner or self._open().git
+        try:
+            status, out, err = runner.execute(
+                [runner.GIT_PYTHON_GIT_EXECUTABLE or "git", *args],
+                with_extended_output=True,
+                with_exceptions=False,
+                kill_after_timeout=self._timeout,
+            )
+        except git.GitCommandNotFound as exc:
+            return 127, "", f"git not found: {exc}"
+        return int(status or 0), str(out), self._scrub(str(err))
+
+    def _reason(self, status: int, stderr: str) -> str:
+        if status == -9 or stderr.startswith("Timeout:"):
+            return f"timed out after {self._timeout:g}s"
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        if not lines:
+            return f"git exited with status {status}"
+        # The first fatal line says what went wrong; later ones are generic advice.
+        first = next((i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:"))), 0)
+        text = lines[first]
+        if text.endswith(":") and first + 1 < len(lines):  # "unable to connect to host:" + errno
+            text = f"{text} {lines[first + 1]}"
+        return re.sub(r"^(fatal|error):\s*", "", text)[:300]
+
+    def _scrub(self, text: str) -> str:
+        for remote in self._remotes:
+            if remote.given != remote.name:
+                text = text.replace(remote.given, remote.name)
+        return _scrub_text(text)
+
+    def _clear_stale_locks(self) -> None:
+        # A lock left by a git killed at a timeout or a power cut would block every later fetch.
+        # Any git of ours is killed at the timeout, so a lock older than that is nobody's.
+        limit = time.time() - self._timeout - 5
+        for lock in (*self._cache_dir.glob("*.lock"), *self._cache_dir.glob("refs/**/*.lock")):
+            try:
+                if lock.stat().st_mtime < limit:
+                    lock.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _scrub_text(text: str) -> str:
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def _parse_ls_remote(out: str, ref: str) -> str | None:
+    # ls-remote patterns match ref tails ("refs/heads/main" also matches "x/refs/heads/main").
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if name == ref and _SHA.fullmatch(sha):
+            return sha
+    return None
+
+
+def _check_sha(commit: str) -> str:
+    if not _SHA.fullmatch(commit):
+        raise ValueError(f"commit: expected a full hex object id, got {commit!r}")
+    return commit
+
+
+def _split(path: str) -> list[str]:
+    parts = path.split("/")
+    if path.startswith("/") or any(p in {"", ".", ".."} or "\0" in p for p in parts):
+        raise FileRejected(path, "is not a relative path inside the repo")
+    return parts
+
+
+def _walk(tree: git.Tree, parts: list[str], path: str) -> git.objects.base.IndexObject | None:
+    """The entry at `parts` under `tree`, or None; never steps through a symlink or gitlink."""
+    node: git.objects.base.IndexObject = tree
+    for depth, name in enumerate(parts):
+        if not isinstance(node, git.Tree):
+            kind = _kind(node.mode)
+            if kind == "regular file":
+                return None  # "a/b" where "a" is a file: no such path
+            where = "/".join(parts[:depth])
+            raise FileRejected(path, f"{where} is a {kind}; it is never followed")
+        try:
+            node = node.join(name)  # a single name: one scan of this tree's entries
+        except KeyError:
+            return None
+    return node
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(mode >> 12, f"object of mode {mode:o}")
