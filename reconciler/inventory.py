@@ -7,10 +7,9 @@ of the file are raised together in one `errors.ProblemsError`. An empty file lis
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from reconciler import errors, labels, safe_yaml
+from reconciler import _checks, errors, labels, safe_yaml
 
 PATH = "devices/inventory.yaml"
 
@@ -28,63 +27,34 @@ def parse(data: bytes, *, path: str) -> tuple[InventoryDevice, ...]:
     doc = safe_yaml.load(data, file=path)
     if doc is None:
         return ()
-    problems: list[errors.Problem] = []
-
-    def problem(where: str, message: str) -> None:
-        problems.append(errors.Problem(file=path, field=where, message=message))
-
+    r = _checks.Report(path, _checks.INVENTORY_WORDING)
     entries: object = []
     if not isinstance(doc, dict):
-        problem("", f"expected a mapping with a devices list, got {_show(doc)}")
+        r.expected("", "a mapping with a devices list", doc)
     else:
-        for key in doc:
-            if key != "devices":
-                problem(str(key), f"unknown field {_show(key)}; allowed: devices")
-        if "devices" not in doc:
-            problem("devices", "required field is missing")
+        r.fields("", doc, allowed=("devices",), required=("devices",))
         entries = doc.get("devices", [])
-    if not isinstance(entries, list):
-        problem("devices", f"expected a list, got {_show(entries)}")
-        entries = []
     devices: list[InventoryDevice] = []
     seen: dict[str, str] = {}
-    for i, entry in enumerate(entries):
-        where = f"devices[{i}]"
-        before = len(problems)
+    for where, entry in r.entries("devices", entries):
+        before = len(r.problems)
         if not isinstance(entry, dict):
-            problem(where, f"expected a mapping with name and labels, got {_show(entry)}")
+            r.expected(where, "a mapping with name and labels", entry)
             continue
-        for key in entry:
-            if key not in ("name", "labels"):
-                problem(f"{where}.{key}", f"unknown field {_show(key)}; allowed: name, labels")
+        r.fields(where, entry, allowed=("name", "labels"))
+        # Not `required`: a name written with no value is missing too.
         name = entry.get("name")
         if name is None:
-            problem(f"{where}.name", "required field is missing")
+            r.add(f"{where}.name", r.wording.missing)
         elif message := labels.dns_label_error(name):
-            problem(f"{where}.name", message)
+            r.add(f"{where}.name", message)
         elif name in seen:
-            problem(f"{where}.name", f'duplicate device name "{name}" (also {seen[name]})')
+            r.add(f"{where}.name", f'duplicate device name "{name}" (also {seen[name]})')
         else:
             seen[name] = where
-        pairs: list[tuple[str, str]] = []
-        raw = entry.get("labels", {})
-        if not isinstance(raw, dict):
-            problem(f"{where}.labels", f"expected a mapping, got {_show(raw)}")
-            raw = {}
-        for key, value in raw.items():
-            if message := labels.label_key_error(key) or labels.label_value_error(value):
-                problem(f"{where}.labels.{key}", message)
-            else:
-                pairs.append((str(key), str(value)))
-        if len(problems) == before:
-            devices.append(InventoryDevice(name=str(name), labels=tuple(sorted(pairs))))
-    if problems:
-        raise errors.ProblemsError(problems)
+        pairs = _checks.label_pairs(r, f"{where}.labels", entry.get("labels", {}))
+        if len(r.problems) == before:
+            devices.append(InventoryDevice(name=str(name), labels=pairs))
+    if r.problems:
+        raise errors.ProblemsError(r.problems)
     return tuple(devices)
-
-
-def _show(value: object) -> str:
-    """A value as messages show it; strings JSON-quoted so control characters stay visible."""
-    if isinstance(value, str) or value is None or isinstance(value, bool | int | float):
-        return json.dumps(value)
-    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)

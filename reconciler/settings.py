@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reconciler import durations, errors, labels, model, safe_yaml
+from reconciler import _checks, errors, labels, model, safe_yaml
 
 DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"
@@ -189,33 +189,33 @@ def load(data: bytes, *, file: str, env: Mapping[str, str], hostname: str) -> De
         document = safe_yaml.load(data, file=file)
     except errors.ProblemsError as exc:
         raise errors.SettingsError(exc.problems) from None
-    check = _Checker(file)
+    r = _checks.Report(file, _checks.CONFIG_WORDING)
     if document is not None and not isinstance(document, dict):
-        check.fail("", f"expected a mapping of config sections, got {_show(document)}")
-        raise errors.SettingsError(check.problems)  # nothing else can be said about it
-    top = check.mapping(document, "", (*_SCHEMA, "state_dir"))
-    found = {name: _section(check, top.get(name), name, keys) for name, keys in _SCHEMA.items()}
+        r.expected("", "a mapping of config sections", document)
+        raise errors.SettingsError(r.problems)  # nothing else can be said about it
+    top = r.known("", document, allowed=(*_SCHEMA, "state_dir"))
+    found = {name: _checks.checked(r, name, top.get(name), checks=c) for name, c in _SCHEMA.items()}
     device, source, trust, runtime = (found[n] for n in ("device", "source", "trust", "runtime"))
     if "name" not in device:
         # Hostnames are case-insensitive and often capitalised; DNS labels are lower-case.
         name = hostname if labels.dns_label_error(hostname) is None else hostname.lower()
         if problem := labels.dns_label_error(name):
-            check.fail("device.name", f"not set, and the hostname cannot be used: {problem}")
+            r.add("device.name", f"not set, and the hostname cannot be used: {problem}")
         device["name"] = name
     if "url" not in source:
-        check.fail("source.url", "missing required key")
+        r.add("source.url", r.wording.missing)
     if trust.get("identities", ()) == () and trust.get("allow_unsigned") is not True:
-        check.fail(
+        r.add(
             "trust.identities",
             "at least one identity is required unless trust.allow_unsigned is true",
         )
     if "docker_host" not in runtime and env.get("DOCKER_HOST"):
         runtime["docker_host"] = env["DOCKER_HOST"]
         if problem := _docker_host_error(env["DOCKER_HOST"]):
-            check.fail("runtime.docker_host", f"{problem} (from the DOCKER_HOST variable)")
-    state_dir = _path(check, top["state_dir"], "state_dir") if "state_dir" in top else None
-    if check.problems:
-        raise errors.SettingsError(check.problems)
+            r.add("runtime.docker_host", f"{problem} (from the DOCKER_HOST variable)")
+    state_dir = _checks.nonblank(r, "state_dir", top["state_dir"]) if "state_dir" in top else None
+    if r.problems:
+        raise errors.SettingsError(r.problems)
     return DeviceSettings(
         device=DeviceConfig(**device),
         source=SourceConfig(**source),
@@ -240,128 +240,26 @@ def merge_label_files(
         except errors.ProblemsError as exc:
             problems.extend(exc.problems)
             continue
-        check = _Checker(name)
-        merged.update(_labels(check, document, ""))
-        problems.extend(check.problems)
+        r = _checks.Report(name, _checks.CONFIG_WORDING)
+        merged.update(_labels(r, "", document))
+        problems.extend(r.problems)
     if problems:
         raise errors.SettingsError(problems)
     return merged
 
 
-class _Checker:
-    """Collects the problems of one file."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[errors.Problem] = []
-
-    def fail(self, where: str, message: str) -> None:
-        self.problems.append(errors.Problem(file=self.file, field=where, message=message))
-
-    def mapping(self, value: Any, where: str, keys: Iterable[str]) -> dict[str, Any]:
-        """The known, non-null entries of a mapping; unknown keys are problems."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {_show(value)}")
-            return {}
-        known = sorted(keys)
-        for key in value:
-            if key not in known:
-                self.fail(_at(where, key), f"unknown key; expected one of {', '.join(known)}")
-        return {key: item for key, item in value.items() if key in known and item is not None}
-
-
-# A check validates one value at a field path, records problems, and returns the value to keep
-# (None after a problem: nothing is built from a config that has any).
-Check = Callable[[_Checker, Any, str], Any]
-
-
-def _section(check: _Checker, raw: Any, where: str, keys: Mapping[str, Check]) -> dict[str, Any]:
-    found = check.mapping(raw, where, keys)
-    return {key: keys[key](check, value, f"{where}.{key}") for key, value in found.items()}
-
-
-def _list_of(item: Check) -> Check:
-    def check_list(check: _Checker, value: Any, where: str) -> tuple[Any, ...] | None:
-        if not isinstance(value, list):
-            check.fail(where, f"expected a list, got {_show(value)}")
-            return None
-        return tuple(item(check, entry, f"{where}[{index}]") for index, entry in enumerate(value))
-
-    return check_list
-
-
-def _string(check: _Checker, value: Any, where: str) -> str | None:
-    if isinstance(value, str):
-        return value
-    check.fail(where, f"expected a string, got {_show(value)}")
-    return None
-
-
-def _path(check: _Checker, value: Any, where: str) -> str | None:
-    text = _string(check, value, where)
-    if text is not None and not text.strip():
-        check.fail(where, "must not be empty")
-        return None
-    return text
-
-
-def _rule(base: Check, problem_of: Callable[[str], str | None]) -> Check:
-    """`base` (_string or _path), then a rule on the text that returns why it is wrong."""
-
-    def check_text(check: _Checker, value: Any, where: str) -> str | None:
-        text = base(check, value, where)
-        if text is not None and (problem := problem_of(text)):
-            check.fail(where, problem)
-        return text
-
-    return check_text
-
-
-def _flag(check: _Checker, value: Any, where: str) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    check.fail(where, f"expected true or false, got {_show(value)}")
-    return None
-
-
-def _duration(check: _Checker, value: Any, where: str) -> float | None:
-    try:
-        return durations.parse_duration(value)
-    except ValueError as exc:
-        check.fail(where, str(exc))
-        return None
-
-
-def _positive_duration(check: _Checker, value: Any, where: str) -> float | None:
-    seconds = _duration(check, value, where)
-    if seconds is not None and seconds <= 0:
-        check.fail(where, f'must be greater than 0, got "{value}"')
-    return seconds
-
-
-def _fraction(check: _Checker, value: Any, where: str) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        check.fail(where, f"expected a number from 0 to 1, got {_show(value)}")
-        return None
-    if not 0 <= value <= 1:
-        check.fail(where, f"must be from 0 to 1, got {value}")
-    return float(value)
-
-
-def _labels(check: _Checker, value: Any, where: str) -> tuple[tuple[str, str], ...]:
+def _labels(r: _checks.Report, where: str, value: Any) -> tuple[tuple[str, str], ...]:
     """Sorted valid (key, value) pairs of a flat label mapping; each bad one is a problem."""
     if value is None:
         return ()
     if not isinstance(value, dict):
-        check.fail(where, f"expected a mapping of label keys to values, got {_show(value)}")
+        r.expected(where, "a mapping of label keys to values", value)
         return ()
     good: dict[str, str] = {}
     for key, item in value.items():
         problems = [p for p in (labels.label_key_error(key), labels.label_value_error(item)) if p]
         for problem in problems:
-            check.fail(_at(where, key), problem)
+            r.add(r.at(where, key), problem)
         if not problems:
             good[key] = item
     return tuple(sorted(good.items()))
@@ -410,47 +308,45 @@ def _listen_error(text: str) -> str | None:
     return f'expected "host:port" with a port from 1 to 65535, or "" to disable, got "{text}"'
 
 
-def _identity(check: _Checker, value: Any, where: str) -> TrustIdentity | None:
+def _identity(r: _checks.Report, where: str, value: Any) -> TrustIdentity | None:
     if not isinstance(value, dict):
-        check.fail(where, f"expected a mapping with identity and issuer, got {_show(value)}")
+        r.expected(where, "a mapping with identity and issuer", value)
         return None
-    entry = check.mapping(value, where, ("identity", "issuer"))
-    for key in ("identity", "issuer"):
-        if key not in entry:
-            check.fail(f"{where}.{key}", "missing required key")
-    texts = {key: _path(check, item, f"{where}.{key}") for key, item in entry.items()}
+    keys = ("identity", "issuer")
+    entry = r.known(where, value, allowed=keys, required=keys)
+    texts = {key: _checks.nonblank(r, r.at(where, key), item) for key, item in entry.items()}
     return TrustIdentity(**texts) if texts.get("identity") and texts.get("issuer") else None
 
 
-def _abs_path(check: _Checker, value: Any, where: str) -> str | None:
-    path = _path(check, value, where)
+def _abs_path(r: _checks.Report, where: str, value: Any) -> str | None:
+    path = _checks.nonblank(r, where, value)
     if path is None:
         return None
     if not path.startswith("/"):
-        check.fail(where, f'expected an absolute path, got "{path}"')
+        r.add(where, f'expected an absolute path, got "{path}"')
     elif ".." in path.split("/"):
-        check.fail(where, f'must not contain ".." (a prefix check could be escaped), got "{path}"')
+        r.add(where, f'must not contain ".." (a prefix check could be escaped), got "{path}"')
     # Canonical form, so "under one of these" is a plain component-wise prefix test.
     return "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
 
 
-def _command(check: _Checker, value: Any, where: str) -> tuple[str, ...] | None:
+def _command(r: _checks.Report, where: str, value: Any) -> tuple[str, ...] | None:
     """An argv from a string (split like a shell, never run by one) or a list of strings."""
     if isinstance(value, str):
         try:
             argv = shlex.split(value)
         except ValueError as exc:
-            check.fail(where, f'cannot split "{value}" into words: {exc}')
+            r.add(where, f'cannot split "{value}" into words: {exc}')
             return None
     elif isinstance(value, list):
-        argv = [_string(check, part, f"{where}[{index}]") for index, part in enumerate(value)]
+        argv = [_checks.string(r, at, part) for at, part in r.entries(where, value)]
         if None in argv:
             return None
     else:
-        check.fail(where, f"expected a command string or a list of strings, got {_show(value)}")
+        r.expected(where, "a command string or a list of strings", value)
         return None
     if not argv or not argv[0].strip():
-        check.fail(where, "empty command; expected a program and its arguments")
+        r.add(where, "empty command; expected a program and its arguments")
     return tuple(argv)
 
 
@@ -461,52 +357,42 @@ def _split_listen(text: str) -> tuple[str, int] | None:
     return match["host"].strip("[]"), int(match["port"])
 
 
-def _show(value: Any) -> str:
-    """What was found, for `expected X, got Y` messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"number {value}"
-    if isinstance(value, str):
-        return f'string "{value}"'
-    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def _at(parent: str, key: object) -> str:
-    return f"{parent}.{key}" if parent else str(key)
-
-
-_SCHEMA: dict[str, dict[str, Check]] = {
+_SCHEMA: dict[str, dict[str, _checks.Check]] = {
     "device": {
-        "name": _rule(_string, labels.dns_label_error),
+        "name": _checks.rule(_checks.string, labels.dns_label_error),
         "labels": _labels,
-        "labels_dir": _path,
+        "labels_dir": _checks.nonblank,
     },
     "source": {
-        "url": _rule(_path, _git_url_error),
-        "mirrors": _list_of(_rule(_path, _git_url_error)),
-        "branch": _rule(_path, _branch_error),
-        "poll_interval": _positive_duration,
-        "jitter": _fraction,
+        "url": _checks.rule(_checks.nonblank, _git_url_error),
+        "mirrors": _checks.list_of(_checks.rule(_checks.nonblank, _git_url_error)),
+        "branch": _checks.rule(_checks.nonblank, _branch_error),
+        "poll_interval": _checks.positive_duration,
+        "jitter": _checks.fraction,
     },
-    "trust": {"identities": _list_of(_identity), "trusted_root": _path, "allow_unsigned": _flag},
+    "trust": {
+        "identities": _checks.list_of(_identity),
+        "trusted_root": _checks.nonblank,
+        "allow_unsigned": _checks.flag,
+    },
     "runtime": {
-        "docker_host": _rule(_path, _docker_host_error),
-        "namespace": _rule(_string, _namespace_error),
+        "docker_host": _checks.rule(_checks.nonblank, _docker_host_error),
+        "namespace": _checks.rule(_checks.string, _namespace_error),
     },
     "health": {
-        "timeout": _positive_duration,
-        "stable_for": _duration,
-        "commands": _list_of(_command),
+        "timeout": _checks.positive_duration,
+        "stable_for": _checks.duration,
+        "commands": _checks.list_of(_command),
     },
     "policy": {
-        "allowed_registries": _list_of(_path),
-        "require_digest": _flag,
-        "allow_privileged": _flag,
-        "allow_host_network": _flag,
-        "allowed_host_paths": _list_of(_abs_path),
+        "allowed_registries": _checks.list_of(_checks.nonblank),
+        "require_digest": _checks.flag,
+        "allow_privileged": _checks.flag,
+        "allow_host_network": _checks.flag,
+        "allowed_host_paths": _checks.list_of(_abs_path),
     },
-    "metrics": {"listen": _rule(_string, _listen_error), "pushgateway": _string},
+    "metrics": {
+        "listen": _checks.rule(_checks.string, _listen_error),
+        "pushgateway": _checks.string,
+    },
 }
