@@ -126,7 +126,8 @@ def _plan(args: argparse.Namespace) -> int:
             labels = repo_verbs.parse_label_list(args.labels)
             devices = [repo_verbs.Device(args.device, labels)]
     except (ValueError, ProblemsError, OSError) as exc:
-        print(f"plan: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"plan: {line}", file=sys.stderr)
         return EXIT_CONFIG
     return repo_verbs.plan(Path(args.repo), devices=devices)
 

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
-.venv/bin/ruff check reconciler tests bench
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
