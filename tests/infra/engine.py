@@ -1,0 +1,373 @@
+"""A real Docker engine for integration tests: reuse one that answers, else start our own.
+
+Owns: finding an answering engine (DOCKER_HOST, then the project's test socket), starting
+`dockerd` on the test socket, data root and pidfile when none answers, and stopping it again when
+the last test session using it ends. Parallel pytest sessions coordinate through two fcntl locks
+in the run dir: `engine.lock` (exclusive, held while probing/starting/stopping) and
+`engine.users` (shared, held by every session for as long as it uses the test-socket engine).
+
+Must not: stop an engine it did not start (only one recorded in `engine.started` by this code,
+whose pid still matches the pidfile, is ever signalled); start a second dockerd while one
+answers or is still booting (two engines on one machine fight over the bridge and iptables);
+install packages (scripts/install.sh does, before the tests run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+DEFAULT_RUN_DIR = Path("/run/reconciler-test")
+DEFAULT_DATA_ROOT = Path("/var/lib/reconciler-test/docker")
+# Environment overrides, so the start path can be exercised beside an engine that already runs
+# (e.g. in a separate network namespace) without touching it.
+RUN_DIR_ENV = "RECONCILER_TEST_RUN_DIR"
+DATA_ROOT_ENV = "RECONCILER_TEST_DATA_ROOT"
+
+_LOCK_WAIT = 180.0  # a peer may be booting an engine (up to the start timeout) or stopping one
+
+
+class EngineUnavailable(Exception):
+    """No engine answers and this machine cannot start one (not root, dockerd missing)."""
+
+
+class EngineStartError(Exception):
+    """dockerd was started but did not answer in time, or died; the message has its log tail."""
+
+
+@dataclass(frozen=True)
+class EngineLayout:
+    """Where the test engine lives: socket, pidfile, data root, its own exec root and locks."""
+
+    run_dir: Path = DEFAULT_RUN_DIR
+    data_root: Path = DEFAULT_DATA_ROOT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EngineLayout:
+        return cls(
+            run_dir=Path(env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR),
+            data_root=Path(env.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT),
+        )
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "docker.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "docker.pid"
+
+    @property
+    def exec_root(self) -> Path:
+        # Its own exec root gives it its own containerd socket and runc state.
+        return self.run_dir / "exec"
+
+    @property
+    def marker(self) -> Path:
+        return self.run_dir / "engine.started"
+
+    def dockerd_argv(self) -> list[str]:
+        return [
+            "dockerd",
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "-H",
+            self.url,
+            "--pidfile",
+            str(self.pidfile),
+        ]
+
+
+def answers(url: str, *, timeout: float = 3.0, from_env: bool = False) -> bool:
+    """True when an engine at `url` answers /_ping (from_env: use DOCKER_* incl. TLS)."""
+    if url.startswith("unix://"):  # TLS settings never apply to a unix socket
+        return _ping_unix(url.removeprefix("unix://"), timeout=timeout)
+    import docker
+
+    client = None
+    try:
+        client = (
+            docker.from_env(timeout=timeout)
+            if from_env
+            else docker.DockerClient(base_url=url, timeout=timeout)
+        )
+        return bool(client.ping())
+    except Exception:  # any failure to talk means "does not answer"
+        return False
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _ping_unix(path: str, *, timeout: float) -> bool:
+    # By hand: the SDK leaks its socket when connect() fails, which pytest reports as an error.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        except OSError:
+            return False
+    status, _, _ = reply.partition(b"\r\n")
+    return status.split(b" ")[1:2] == [b"200"] and reply.endswith(b"OK")
+
+
+@dataclass
+class EngineLease:
+    """One session's use of an engine; `release()` stops it if we started it and are last."""
+
+    url: str
+    from_env: bool = False
+    started_here: bool = False
+    layout: EngineLayout | None = None
+    _users: IO[bytes] | None = field(default=None, repr=False)
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def release(self, *, stop_timeout: float = 60.0) -> bool:
+        """Drop our use; returns True when this call stopped the engine."""
+        if self._users is None or self.layout is None:
+            return False
+        layout, users = self.layout, self._users
+        self._users = None
+        with _locked(layout.run_dir / "engine.lock"):
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                users.close()
+                return False  # another session still uses it; the last one stops it
+            try:
+                return _stop_if_ours(layout, self._process, timeout=stop_timeout)
+            finally:
+                users.close()
+
+
+def acquire(
+    *,
+    env: Mapping[str, str] | None = None,
+    start_timeout: float = 60.0,
+) -> EngineLease:
+    """An answering engine: DOCKER_HOST if it answers, else the test socket, else a new dockerd.
+
+    Raises EngineUnavailable when none answers and none can be started here, EngineStartError
+    when a started dockerd does not come up.
+    """
+    env = os.environ if env is None else env
+    docker_host = env.get("DOCKER_HOST", "")
+    if docker_host and answers(docker_host, from_env=True):
+        return EngineLease(url=docker_host, from_env=True)
+
+    layout = EngineLayout.from_env(env)
+    try:
+        layout.run_dir.mkdir(parents=True, exist_ok=True)
+        (layout.run_dir / "engine.lock").open("ab").close()
+        users = (layout.run_dir / "engine.users").open("ab")
+    except OSError as exc:
+        if answers(layout.url):
+            return EngineLease(url=layout.url)  # usable, but we cannot coordinate: never stop it
+        raise EngineUnavailable(
+            f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and its run dir is not "
+            f"usable here: {exc}"
+        ) from exc
+
+    try:
+        with _locked(layout.run_dir / "engine.lock"):
+            # Nobody holds users exclusively without engine.lock, so this does not block.
+            fcntl.flock(users, fcntl.LOCK_SH)
+            lease = EngineLease(url=layout.url, layout=layout, _users=users)
+            if answers(layout.url):
+                return lease
+            booting = _live_dockerd_pid(layout.pidfile)
+            if booting is not None:
+                # A dockerd that has not answered yet (ours from a crashed session, or anyone's):
+                # wait for it rather than fight it with a second one.
+                _wait_until_answers(layout, None, booting, timeout=start_timeout)
+                return lease
+            lease._process = _start(layout, timeout=start_timeout)
+            lease.started_here = True
+            return lease
+    except BaseException:
+        users.close()
+        raise
+
+
+def log_tail(path: Path, *, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: float = _LOCK_WAIT) -> Iterator[None]:
+    with path.open("ab") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EngineStartError(
+                        f"{path}: still locked by another session after {wait:.0f}s"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _start(layout: EngineLayout, *, timeout: float) -> subprocess.Popen[bytes]:
+    if os.geteuid() != 0:
+        raise EngineUnavailable(
+            f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and starting dockerd "
+            "needs root"
+        )
+    if shutil.which("dockerd") is None:
+        raise EngineUnavailable(
+            f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and dockerd is not "
+            "installed (run scripts/install.sh as root)"
+        )
+    layout.data_root.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="reconciler-dockerd-"))
+    log_path = log_dir / "dockerd.log"
+    with log_path.open("wb") as log:
+        # Own session: a Ctrl-C in pytest must not take the engine down mid-teardown.
+        process = subprocess.Popen(
+            layout.dockerd_argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    layout.marker.write_text(json.dumps({"pid": process.pid, "log_dir": str(log_dir)}))
+    try:
+        _wait_until_answers(layout, process, process.pid, timeout=timeout, log_path=log_path)
+    except BaseException:
+        _stop_if_ours(layout, process, timeout=30.0, keep_log=True)  # the error names the log
+        raise
+    return process
+
+
+def _wait_until_answers(
+    layout: EngineLayout,
+    process: subprocess.Popen[bytes] | None,
+    pid: int,
+    *,
+    timeout: float,
+    log_path: Path | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answers(layout.url, timeout=2.0):
+            return
+        if (process.poll() is not None) if process is not None else not _alive(pid):
+            raise EngineStartError(
+                f"dockerd (pid {pid}) exited before answering at {layout.url}; log "
+                f"{log_path}:\n{log_tail(log_path) if log_path else '(not ours)'}"
+            )
+        time.sleep(0.2)
+    raise EngineStartError(
+        f"dockerd (pid {pid}) did not answer at {layout.url} within {timeout:.0f}s; log "
+        f"{log_path}:\n{log_tail(log_path) if log_path else '(not ours)'}"
+    )
+
+
+def _stop_if_ours(
+    layout: EngineLayout,
+    process: subprocess.Popen[bytes] | None,
+    *,
+    timeout: float,
+    keep_log: bool = False,
+) -> bool:
+    """Stop the engine recorded in our marker, if it is still the one in the pidfile."""
+    try:
+        record = json.loads(layout.marker.read_text())
+    except (OSError, ValueError):
+        return False  # not started by this code: never ours to stop
+    pid = int(record.get("pid", 0))
+    pidfile_pid = _read_pid(layout.pidfile)
+    ours = pid > 0 and (pidfile_pid in (None, pid)) and _alive(pid) and _is_dockerd(pid)
+    if process is not None and process.pid == pid:
+        ours = process.poll() is None
+    stopped = False
+    if ours:
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, process, timeout=timeout):
+            os.kill(pid, signal.SIGKILL)  # a hung shutdown must not hang the test session
+            _wait_gone(pid, process, timeout=10.0)
+        stopped = True
+    elif process is not None:
+        process.wait()
+    layout.marker.unlink(missing_ok=True)
+    if record.get("log_dir") and not keep_log:
+        shutil.rmtree(record["log_dir"], ignore_errors=True)
+    return stopped
+
+
+def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, *, timeout: float) -> bool:
+    if process is not None and process.pid == pid:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has exited already
+
+
+def _is_dockerd(pid: int) -> bool:
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    return Path(argv0.decode(errors="replace")).name == "dockerd"
+
+
+def _live_dockerd_pid(pidfile: Path) -> int | None:
+    pid = _read_pid(pidfile)
+    return pid if pid is not None and _alive(pid) and _is_dockerd(pid) else None
