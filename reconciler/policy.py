@@ -30,6 +30,9 @@ from collections.abc import Iterable
 from reconciler import errors, model
 
 _DEFAULT_REGISTRY = "docker.io"
+# env_file is read by the reconciler (root) on the device: without a limit a manifest could copy
+# any host file into a container's environment. The SPEC's secrets directory is always allowed.
+SECRETS_DIR = "/etc/reconciler/secrets"
 
 
 def check(app: model.AppManifest, policy: model.DevicePolicy) -> list[errors.Problem]:
@@ -70,6 +73,14 @@ def check(app: model.AppManifest, policy: model.DevicePolicy) -> list[errors.Pro
                 )
                 if message:
                     problem(f"{where}.volumes[{j}]", message)
+        if container.env_file is not None:
+            message = _host_path_problem(
+                container.env_file,
+                [*allowed_paths, tuple(SECRETS_DIR.strip("/").split("/"))],
+                (SECRETS_DIR, *policy.allowed_host_paths),
+            )
+            if message:
+                problem(f"{where}.env_file", message.replace("host path", "env_file", 1))
         for j, device in enumerate(container.devices):
             message = _host_path_problem(device.host_path, allowed_paths, policy.allowed_host_paths)
             if message:

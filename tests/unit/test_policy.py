@@ -326,3 +326,25 @@ def test_violations_error_carries_every_problem_and_rejects_the_revision():
     assert error.problems == tuple(problems)
     assert len(error.problems) == 2
     assert str(error) == "\n".join(str(p) for p in problems)
+
+
+# --- env_file (read on the device by the reconciler, so it is a host path too)
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed", "ok"),
+    [
+        ("/etc/reconciler/secrets/gw.env", (), True),
+        ("/etc/reconciler/secrets/../../shadow", (), False),
+        ("/etc/shadow", (), False),
+        ("/srv/gw/app.env", ("/srv",), True),
+        ("/srvx/app.env", ("/srv",), False),
+    ],
+)
+def test_env_file_must_be_in_the_secrets_dir_or_an_allowed_host_path(path, allowed, ok):
+    problems = check_one(container(env_file=path), model.DevicePolicy(allowed_host_paths=allowed))
+    assert (problems == []) is ok
+    if not ok:
+        assert problems[0].field == "spec.containers[0].env_file"
+        assert problems[0].message.startswith(f"env_file {path}")
+        assert "/etc/reconciler/secrets" in problems[0].message
