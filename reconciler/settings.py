@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reconciler import _checks, errors, labels, model, safe_yaml
+from reconciler import _checks, errors, labels, model, safe_yaml, urls
 
 DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"
@@ -266,12 +266,15 @@ def _labels(r: _checks.Report, where: str, value: Any) -> tuple[tuple[str, str],
 
 
 def _git_url_error(url: str) -> str | None:
+    shown = urls.redact(url)  # the message goes to logs and systemd: never a credential
     if url.startswith("-"):
-        return f'"{url}" starts with "-", which git would read as an option'
+        return f'"{shown}" starts with "-", which git would read as an option'
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        return f"{url!r} contains control characters"
+        return f"{shown!r} contains control characters"
     if "://" not in url:
-        return None  # [user@]host:path or a local path: git tells them apart by the colon
+        # [user@]host:path or a local path (git tells them apart by the colon); no ext::/fd::
+        problem = urls.url_problem(url)
+        return f'"{shown}": {problem}' if problem else None
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -282,7 +285,7 @@ def _git_url_error(url: str) -> str | None:
         return None
     return (
         "expected an https, http, ssh, git or file URL, [user@]host:path or a local path, "
-        f'got "{url}"'
+        f'got "{shown}"'
     )
 
 

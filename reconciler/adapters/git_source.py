@@ -28,10 +28,10 @@ from pathlib import Path
 import git
 
 from reconciler import errors
+from reconciler.urls import redact, url_problem
 
 DEFAULT_TIMEOUT = 60.0
 
-_ALLOWED_SCHEMES = frozenset({"https", "http", "ssh", "git", "file", "git+ssh", "ssh+git"})
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/'\"]*@")
 _KINDS = {0o04: "directory", 0o10: "regular file", 0o12: "symbolic link", 0o16: "submodule"}
@@ -87,43 +87,6 @@ class FileRejected(errors.ProblemsError, errors.RevisionRejected):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__([errors.Problem(file=path, field="", message=reason)])
         self.path = path
-
-
-def redact(url: str) -> str:
-    """`url` with any credentials replaced by `***` (`https://u:pw@h/x` -> `https://***@h/x`).
-
-    For http(s) even a bare user name is hidden, as tokens are often passed that way; an ssh
-    user without a password (`ssh://git@host/x`, `git@host:x`) is kept, it is no secret.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    # Up to the LAST "@": an unencoded "@" or "/" in a password must not leak the rest of it.
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return url
-    if scheme.lower() in {"ssh", "git+ssh", "ssh+git"} and not re.search(r"[:/]", userinfo):
-        return url
-    return f"{scheme}://***@{hostpart}"
-
-
-def url_problem(url: str) -> str | None:
-    """Why `url` is not an acceptable source URL, or None. For config validation too."""
-    if not url:
-        return "must not be empty"
-    if url.startswith("-"):
-        return 'must not start with "-"'
-    if any(ord(c) < 32 or c == "\x7f" for c in url):
-        return "must not contain control characters"
-    scheme, sep, _ = url.partition("://")
-    if sep:
-        if scheme.lower() not in _ALLOWED_SCHEMES:
-            return f'unsupported scheme "{scheme}" (use https, ssh, git, file or a local path)'
-        return None
-    transport, sep, _ = url.partition("::")
-    if sep and "/" not in transport:
-        return f'remote helpers ("{transport}::") are not allowed'
-    return None
 
 
 def branch_problem(branch: str) -> str | None:

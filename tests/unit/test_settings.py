@@ -505,3 +505,28 @@ def test_oversized_config_is_rejected_without_reading_it_all(tmp_path: Path):
     path.write_bytes(b"#" * (3 * 1024 * 1024))
     with pytest.raises(errors.SettingsError, match="over the limit"):
         settings.read(str(path), env={}, hostname="gw-01")
+
+
+@pytest.mark.parametrize("url", ["ext::sh -c touch% /tmp/pwned", "fd::17"])
+def test_a_git_remote_helper_url_is_refused(url):
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.load(
+            f"source:\n  url: '{url}'\ntrust:\n  allow_unsigned: true\n".encode(),
+            file="c.yaml",
+            env={},
+            hostname="dev",
+        )
+    assert "source.url" in str(caught.value)
+    assert "remote helpers" in str(caught.value)
+
+
+def test_a_bad_url_message_never_shows_its_credentials():
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.load(
+            b"source:\n  url: 'https://bob:s3cret@/nohost'\ntrust:\n  allow_unsigned: true\n",
+            file="c.yaml",
+            env={},
+            hostname="dev",
+        )
+    assert "s3cret" not in str(caught.value)
+    assert "***@" in str(caught.value)
