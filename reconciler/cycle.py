@@ -1,0 +1,580 @@
+"""One reconcile cycle (SPEC 3.2): fetch, read the release, select, plan, apply, record.
+
+Shell: orchestrates the adapters (`git`, `engine`, `store`, `metrics`) around the pure core. It is
+level-based: every cycle compares the desired state with what the engine reports, so drift is
+corrected even when Git did not move, and a cycle interrupted at any point is finished by the next.
+`Reconciler` keeps only caches and back-off bookkeeping in memory; the truth lives in `state_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from reconciler import (
+    backoff,
+    desired,
+    executor,
+    logs,
+    manifests,
+    model,
+    planner,
+    policy,
+    release,
+    state,
+)
+from reconciler.errors import (
+    ApplyError,
+    EngineError,
+    FetchError,
+    Problem,
+    ProblemsError,
+    ReleaseError,
+    RevisionRejected,
+    VerificationError,
+)
+from reconciler.settings import DeviceSettings
+
+if TYPE_CHECKING:
+    from reconciler.metrics import Metrics
+
+_log = logging.getLogger("reconciler.cycle")
+
+Result = Literal["converged", "unchanged", "failed", "rolled_back"]
+EXIT_CODES: dict[Result, int] = {"converged": 0, "unchanged": 0, "failed": 1, "rolled_back": 3}
+MAX_MANIFEST_BYTES = 1024 * 1024
+
+
+class RemoteHeadLike(Protocol):
+    commit: str
+    remote: str
+    failures: tuple[tuple[str, str], ...]
+
+
+class GitPort(Protocol):
+    """What the cycle needs of `adapters.git_source.GitSource`."""
+
+    def head(self) -> RemoteHeadLike: ...
+    def ensure(self, commit: str, remote: str) -> None: ...
+    def read(self, commit: str, path: str, *, max_bytes: int) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    """What one cycle did; `exit_code` is what `reconciler once` returns."""
+
+    result: Result
+    message: str
+    actions: tuple[model.Action, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.result]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One app the device should run after this cycle, with the exact bytes it came from."""
+
+    manifest: model.AppManifest
+    data: bytes
+    images: tuple[tuple[str, str], ...]
+
+    def applied(self) -> state.AppliedApp:
+        return state.AppliedApp(
+            name=self.manifest.name,
+            path=self.manifest.path,
+            revision=self.manifest.revision,
+            images=self.images,
+        )
+
+
+@dataclass(frozen=True)
+class _ReadRelease:
+    """A release read at one commit, cached while the head does not move."""
+
+    commit: str
+    data: bytes
+    parsed: release.Release
+    files: Mapping[str, bytes]
+    manifests: Mapping[str, model.AppManifest]
+    problems: Mapping[str, tuple[str, ...]]  # path -> messages of invalid manifests
+
+
+class Reconciler:
+    """Runs cycles against injected adapters; one instance lives as long as the daemon."""
+
+    def __init__(
+        self,
+        *,
+        settings: DeviceSettings,
+        labels: Mapping[str, str],
+        git: GitPort,
+        engine: executor.Engine,
+        store: state.StateStore,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.labels = dict(labels)
+        self.git = git
+        self.engine = engine
+        self.store = store
+        self.metrics = metrics
+        self._cache: _ReadRelease | None = None
+        self._crash_loops: dict[tuple[str, str], tuple[int, float]] = {}
+        self._failed_apps: set[str] = set()  # in the release but invalid or forbidden here
+        self.fetch_failures = 0  # consecutive; the daemon backs off on it
+
+    # -- the cycle ---------------------------------------------------------------------------
+
+    def cycle(self, *, now: datetime | None = None) -> CycleOutcome:
+        """Run one cycle; never raises for fleet or engine trouble, returns the outcome."""
+        started = time.monotonic()
+        outcome = self._cycle(now or datetime.now(UTC))
+        if self.metrics is not None:
+            self.metrics.record_cycle(outcome.result, time.monotonic() - started)
+            final = self.store.load()
+            self.metrics.set_app_counts(
+                running=len(final.apps),
+                held_back=len(final.held_back),
+                failed=len(self._failed_apps),
+            )
+        return outcome
+
+    def _cycle(self, now: datetime) -> CycleOutcome:
+        current = self._recover(self.store.load())
+        self._failed_apps = set()
+        trust_disabled = self.settings.trust.allow_unsigned
+        self._metric("set_trust_disabled", trust_disabled)
+        if trust_disabled:
+            logs.event(
+                _log,
+                logging.WARNING,
+                "trust.disabled",
+                detail="trust.allow_unsigned is true: releases are applied without a signature",
+            )
+        try:
+            commit = self._fetch(current, now)
+            current = self.store.load()
+        except FetchError as exc:
+            outcome = self._converge(current, self._applied_targets(current), now=now)
+            return self._finish(outcome, failed=f"fetch failed, kept the applied state: {exc}")
+        try:
+            targets, info, deselected = self._targets_from_release(commit, current, now)
+        except RevisionRejected as exc:
+            self._record_rejection(exc)
+            outcome = self._converge(current, self._applied_targets(current), now=now)
+            return self._finish(
+                outcome, failed=f"release at {commit[:12]} rejected, kept the applied state: {exc}"
+            )
+        except EngineError as exc:
+            return self._finish(CycleOutcome("failed", f"engine: {exc}"))
+        outcome = self._converge(
+            current, targets, now=now, release_info=info, deselected=deselected
+        )
+        return self._finish(outcome)
+
+    def _finish(self, outcome: CycleOutcome, *, failed: str | None = None) -> CycleOutcome:
+        if failed is not None and outcome.result in ("unchanged", "converged"):
+            outcome = CycleOutcome("failed", failed, outcome.actions)
+        level = logging.INFO if outcome.result in ("unchanged", "converged") else logging.ERROR
+        logs.event(
+            _log,
+            level,
+            "cycle.done",
+            result=outcome.result,
+            changes=len(planner.changes(list(outcome.actions))),
+            message=outcome.message,
+        )
+        self._save_error(outcome.message if outcome.result in ("failed", "rolled_back") else None)
+        return outcome
+
+    def _recover(self, current: state.DeviceState) -> state.DeviceState:
+        """A transaction left open by a crash: the engine may be half way. The applied state
+        (its from-side) stays the truth; the level-based pass below re-plans from what the
+        engine shows, so the interrupted change is either redone whole or reverted."""
+        if current.pending is None:
+            return current
+        logs.event(
+            _log,
+            logging.WARNING,
+            "transaction.recover",
+            release=current.pending.release_version,
+            detail="previous cycle was interrupted; re-planning from the engine's state",
+        )
+        recovered = replace(current, pending=None)
+        self.store.save(recovered)
+        return recovered
+
+    def _fetch(self, current: state.DeviceState, now: datetime) -> str:
+        """The head commit, readable from the cache. A failed remote counts in
+        `reconciler_fetch_errors_total` even when a mirror answered after it."""
+        try:
+            head = self.git.head()
+            for remote, _reason in head.failures:
+                self._metric("record_fetch_error", remote)
+            self.git.ensure(head.commit, head.remote)
+        except FetchError as exc:
+            self.fetch_failures += 1
+            for remote, _reason in getattr(exc, "failures", ()):
+                self._metric("record_fetch_error", remote)
+            raise
+        self.fetch_failures = 0
+        self._metric("record_fetch_success", now.timestamp())
+        # Persisted for `status` (another process); one small atomic write per poll.
+        self.store.save(replace(current, last_fetch=_iso(now), last_fetch_commit=head.commit))
+        return head.commit
+
+    def _targets_from_release(
+        self, commit: str, current: state.DeviceState, now: datetime
+    ) -> tuple[list[_Target], _ReadRelease, set[str]]:
+        """The apps to run, the release, and the apps whose selector no longer matches."""
+        read = self._read_release(commit)
+        if not self.settings.trust.allow_unsigned:
+            raise VerificationError(
+                "signature verification is not available in this build; releases are refused "
+                "(set trust.allow_unsigned: true only for a lab)",
+                reason="unsigned",
+            )
+        release.check_succession(
+            applied_version=current.release_version,
+            applied_digest=current.release_digest,
+            new_version=read.parsed.version,
+            new_digest=release.digest(read.data),
+        )
+        expired = release.is_expired(read.parsed, now)
+        self._metric("set_release_expired", expired)
+        if expired:
+            expires = f"{read.parsed.expires:%Y-%m-%dT%H:%M:%SZ}"
+            raise VerificationError(
+                f"release {read.parsed.version} expired at {expires}; running apps are kept, "
+                "nothing new is applied",
+                reason="expired",
+            )
+        applied = {a.name: a for a in current.apps}
+        pinned_images = read.parsed.pinned_images
+        valid = []
+        for manifest in sorted(read.manifests.values(), key=lambda m: m.path):
+            problems = self._policy_problems(manifest, pinned_images.get(manifest.path, {}))
+            if problems:
+                self._failed_apps.add(manifest.name)
+                for problem in problems:
+                    logs.event(_log, logging.ERROR, "policy.violation", problem=str(problem))
+                continue
+            valid.append(manifest)
+        for path, messages in sorted(read.problems.items()):
+            self._failed_apps.add(path)
+            for message in messages:
+                logs.event(_log, logging.ERROR, "manifest.invalid", path=path, problem=message)
+        decisions = desired.decide(
+            valid,
+            labels=self.labels,
+            device_name=self.settings.device.name,
+            now=now,
+            since=read.parsed.since,
+            pinned_images=pinned_images,
+            running={name: app.revision for name, app in applied.items()},
+            held_back={h.app: h.revision for h in current.held_back},
+        )
+        targets: list[_Target] = []
+        decided = {d.app for d in decisions}
+        for decision in decisions:
+            if decision.decision == "run":
+                data = read.files[decision.path]
+                targets.append(_Target(decision.manifest, data, decision.images))
+            elif decision.decision == "keep" and decision.app in applied:
+                kept = self._applied_target(applied[decision.app])
+                if kept is not None:
+                    targets.append(kept)
+            if decision.decision == "keep":
+                logs.event(
+                    _log, logging.INFO, "select.keep", app=decision.app, reason=decision.reason
+                )
+        # An app whose new manifest is invalid or forbidden keeps running what it ran.
+        for name, app in applied.items():
+            if name not in decided and (app.path in read.manifests or app.path in read.problems):
+                kept = self._applied_target(app)
+                if kept is not None:
+                    targets.append(kept)
+        deselected = {d.app for d in decisions if d.decision == "skip"}
+        return targets, read, deselected
+
+    def _policy_problems(
+        self, manifest: model.AppManifest, pinned: Mapping[str, str]
+    ) -> list[Problem]:
+        """Policy judges what will run: the manifest with the images the release pins for it,
+        so a pin cannot move a container to a registry the device does not allow, and a
+        tag the release resolved to a digest satisfies `require_digest`."""
+        running = replace(
+            manifest,
+            containers=tuple(
+                replace(c, image=pinned.get(c.name, c.image)) for c in manifest.containers
+            ),
+        )
+        return policy.check(running, self.settings.policy)
+
+    def _read_release(self, commit: str) -> _ReadRelease:
+        if self._cache is not None and self._cache.commit == commit:
+            return self._cache
+        data = self.git.read(commit, release.RELEASE_PATH, max_bytes=release.MAX_BYTES)
+        if data is None:
+            missing = Problem(release.RELEASE_PATH, "", f"missing at commit {commit[:12]}")
+            raise ReleaseError([missing])
+        parsed = release.parse(data)
+        files: dict[str, bytes] = {}
+        for path in parsed.pins:
+            blob = self.git.read(commit, path, max_bytes=MAX_MANIFEST_BYTES)
+            if blob is not None:
+                files[path] = blob
+        pin_problems = release.check_pins(parsed, files)
+        if pin_problems:
+            raise ReleaseError(pin_problems)
+        parsed_manifests: dict[str, model.AppManifest] = {}
+        problems: dict[str, tuple[str, ...]] = {}
+        for path, blob in files.items():
+            try:
+                parsed_manifests[path] = manifests.parse(blob, path=path)
+            except ProblemsError as exc:
+                problems[path] = tuple(str(p) for p in exc.problems)
+        self._cache = _ReadRelease(commit, data, parsed, files, parsed_manifests, problems)
+        return self._cache
+
+    # -- converging the engine to a set of targets --------------------------------------------
+
+    def _applied_targets(self, current: state.DeviceState) -> list[_Target]:
+        return [t for t in map(self._applied_target, current.apps) if t is not None]
+
+    def _applied_target(self, app: state.AppliedApp) -> _Target | None:
+        """Rebuild an applied app from the manifest kept in `state_dir` (no network)."""
+        data = self.store.get_manifest(app.revision)
+        if data is None:
+            logs.event(
+                _log,
+                logging.ERROR,
+                "state.manifest_missing",
+                app=app.name,
+                revision=app.revision[:12],
+                detail="its containers are left as they are",
+            )
+            return None
+        try:
+            manifest = manifests.parse(data, path=app.path)
+        except ProblemsError:
+            return None
+        return _Target(manifest, data, app.images)
+
+    def _converge(
+        self,
+        current: state.DeviceState,
+        targets: Sequence[_Target],
+        *,
+        now: datetime,
+        release_info: _ReadRelease | None = None,
+        deselected: set[str] | None = None,
+    ) -> CycleOutcome:
+        namespace = self.settings.runtime.namespace
+        wanted: list[model.DesiredContainer] = []
+        env_files: dict[tuple[str, str], dict[str, str]] = {}
+        try:
+            for target in targets:
+                extra, values = self._env_files(target.manifest)
+                env_files.update({(target.manifest.name, c): v for c, v in values.items()})
+                wanted += desired.containers(
+                    target.manifest, images=dict(target.images), namespace=namespace, extra=extra
+                )
+            observed = self.engine.list_managed()  # type: ignore[attr-defined]
+        except (EngineError, OSError) as exc:
+            return CycleOutcome("failed", f"could not prepare the apply: {exc}")
+        # Apps whose manifest we could not rebuild are left alone: never remove what we
+        # cannot put back.
+        known = {t.manifest.name for t in targets}
+        prunable = self._dropped(current, release_info) | (deselected or set())
+        frozen = {a.name for a in current.apps} - known - prunable
+        observed = [o for o in observed if o.app not in frozen]
+        applied_revisions = {a.name: a.revision for a in current.apps}
+        actions = planner.plan(wanted, observed, namespace=namespace, applied=applied_revisions)
+        actions = self._throttle_crash_loops(actions, observed, now)
+        changes = planner.changes(actions)
+        to_apps = tuple(sorted((t.applied() for t in targets), key=lambda a: a.name))
+        moved = replace(current, apps=to_apps)
+        if release_info is not None:
+            moved = replace(
+                moved,
+                release_version=release_info.parsed.version,
+                release_digest=release.digest(release_info.data),
+                commit=release_info.commit,
+            )
+        if not changes:
+            if moved != current:
+                self._commit(current, moved, targets, now)
+                return CycleOutcome("converged", "state recorded; containers already match")
+            return CycleOutcome("unchanged", "nothing to do", tuple(actions))
+        for target in targets:
+            self.store.put_manifest(target.manifest.revision, target.data)
+        pending = state.Transaction(
+            from_apps=current.apps,
+            to_apps=to_apps,
+            release_version=moved.release_version or 0,
+            commit=moved.commit or "",
+            started_at=_iso(now),
+        )
+        self.store.save(replace(current, pending=pending))
+        try:
+            executor.apply(self.engine, actions, env_files=env_files)
+        except EngineError as exc:
+            self.store.save(current)
+            return CycleOutcome("failed", f"nothing was changed: {exc}", tuple(actions))
+        except ApplyError as exc:
+            return self._revert(current, moved, exc, now)
+        self._count_drift(actions, applied_revisions)
+        self._commit(current, moved, targets, now)
+        return CycleOutcome("converged", f"{len(changes)} change(s) applied", tuple(actions))
+
+    def _commit(
+        self,
+        current: state.DeviceState,
+        moved: state.DeviceState,
+        targets: Sequence[_Target],
+        now: datetime,
+    ) -> None:
+        for target in targets:
+            self.store.put_manifest(target.manifest.revision, target.data)
+        previous = current.apps if moved.apps != current.apps else current.previous_apps
+        final = replace(moved, previous_apps=previous, pending=None, applied_at=_iso(now))
+        self.store.save(final)
+        keep = {a.revision for a in final.apps + final.previous_apps}
+        self.store.prune_manifests(keep)
+        if final.commit and final.release_version is not None:
+            self._metric("set_applied", final.commit, final.release_version)
+
+    def _revert(
+        self,
+        current: state.DeviceState,
+        moved: state.DeviceState,
+        error: ApplyError,
+        now: datetime,
+    ) -> CycleOutcome:
+        """An action failed half way: return every app to the applied state and hold back
+        the revisions that failed, so the next cycle does not try them again."""
+        logs.event(_log, logging.ERROR, "apply.failed", error=str(error), action="revert")
+        changed = {a.name: a for a in moved.apps if a not in current.apps}
+        held = tuple(h for h in current.held_back if h.app not in changed) + tuple(
+            state.HeldBack(
+                app=a.name,
+                revision=a.revision,
+                reason=str(error),
+                release_version=moved.release_version or 0,
+                at=_iso(now),
+            )
+            for a in changed.values()
+        )
+        reverted = replace(current, held_back=held, pending=None)
+        outcome = self._converge(reverted, self._applied_targets(current), now=now)
+        self.store.save(replace(reverted, last_error=str(error)))
+        for app in changed:
+            self._metric("record_rollback", app)
+        if outcome.result == "failed":
+            return CycleOutcome("failed", f"apply failed and the revert failed too: {error}")
+        return CycleOutcome("rolled_back", f"apply failed, reverted: {error}")
+
+    def _dropped(self, current: state.DeviceState, info: _ReadRelease | None) -> set[str]:
+        """Applied apps a verified release no longer lists: only these may be pruned."""
+        if info is None:
+            return set()
+        return {a.name for a in current.apps if a.path not in info.parsed.pins}
+
+    def _env_files(
+        self, manifest: model.AppManifest
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+        """Read each container's env_file on the device: its digest goes into the spec digest
+        (a changed secret replaces the container), its values into the container."""
+        from reconciler.adapters import docker_translate
+
+        extra: dict[str, dict[str, str]] = {}
+        values: dict[str, dict[str, str]] = {}
+        for spec in manifest.containers:
+            if spec.env_file is None:
+                continue
+            data = Path(spec.env_file).read_bytes()
+            extra[spec.name] = {"env_file_sha256": hashlib.sha256(data).hexdigest()}
+            values[spec.name] = docker_translate.parse_env_file(data, file=spec.env_file)
+        return extra, values
+
+    def _throttle_crash_loops(
+        self,
+        actions: list[model.Action],
+        observed: Sequence[model.ObservedContainer],
+        now: datetime,
+    ) -> list[model.Action]:
+        """A container that keeps dying is recreated with exponential back-off, not every cycle."""
+        running = {(o.app, o.container) for o in observed if o.status == "running"}
+        for key in running:
+            self._crash_loops.pop(key, None)
+        kept = []
+        for action in actions:
+            key = (action.app, action.container)
+            stopped = (
+                action.kind is model.ActionKind.REPLACE
+                and action.observed is not None
+                and action.desired is not None
+                and action.observed.spec_digest == action.desired.spec_digest
+            )
+            if not stopped:
+                kept.append(action)
+                continue
+            attempts, last = self._crash_loops.get(key, (0, 0.0))
+            wait = backoff.delay(attempts, initial=10.0, cap=600.0, jitter=0.0) if attempts else 0
+            if attempts and now.timestamp() < last + wait:
+                logs.event(
+                    _log,
+                    logging.WARNING,
+                    "drift.backoff",
+                    app=action.app,
+                    container=action.container,
+                    retry_in=round(last + wait - now.timestamp(), 1),
+                )
+                continue
+            self._crash_loops[key] = (attempts + 1, now.timestamp())
+            kept.append(action)
+        return kept
+
+    def _count_drift(
+        self, actions: Sequence[model.Action], applied_revisions: Mapping[str, str]
+    ) -> None:
+        for action in actions:
+            if action.kind in (model.ActionKind.CREATE, model.ActionKind.REPLACE) and (
+                action.desired is not None
+                and applied_revisions.get(action.app) == action.desired.revision
+            ):
+                self._metric("record_drift", action.app)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _record_rejection(self, exc: RevisionRejected) -> None:
+        reason = exc.reason if isinstance(exc, VerificationError) else "malformed"
+        if isinstance(exc, ReleaseError) and any("sha256" in str(p) for p in exc.problems):
+            reason = "pin_mismatch"
+        self._metric("record_verification_failure", reason)
+        current = self.store.load()
+        message = str(exc)
+        if current.last_verification_failure != message:
+            self.store.save(replace(current, last_verification_failure=message))
+
+    def _save_error(self, message: str | None) -> None:
+        current = self.store.load()
+        if current.last_error != message:
+            self.store.save(replace(current, last_error=message))
+
+    def _metric(self, name: str, *args: object) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, name)(*args)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
