@@ -10,9 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler import __version__, durations
 from reconciler.errors import ProblemsError
+
+if TYPE_CHECKING:
+    from reconciler.settings import DeviceSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
     verbs = parser.add_subparsers(title="verbs", metavar="VERB")
+    _add_device_verbs(verbs)
     _add_repo_verbs(verbs)
     return parser
 
@@ -67,6 +72,162 @@ def _verb(
     )
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _add_device_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = _verb(
+        verbs,
+        "run",
+        help_text="The daemon: cycle every poll interval; reload on config/labels change and "
+        "SIGHUP; stop on SIGTERM.",
+        example="reconciler run --config /etc/reconciler/config.yaml",
+        handler=_run,
+    )
+    once = _verb(
+        verbs,
+        "once",
+        help_text="Run one reconcile cycle, then exit (0 converged or nothing to do, 1 failed "
+        "and state kept, 2 bad config, 3 rolled back).",
+        example="reconciler once --config ./lab/config.yaml",
+        handler=_once,
+    )
+    status = _verb(
+        verbs,
+        "status",
+        help_text="Show the applied release and commit, apps and their containers, held-back "
+        "revisions, last fetch and last error.",
+        example="reconciler status --json | jq .apps",
+        handler=_status,
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sync = _verb(
+        verbs,
+        "sync",
+        help_text="Ask the running daemon to cycle now.",
+        example="reconciler sync --config /etc/reconciler/config.yaml",
+        handler=_sync,
+    )
+    for parser in (run, once, status, sync):
+        parser.add_argument(
+            "--config",
+            help="device config (default: $RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
+        )
+    for parser in (run, once):
+        parser.add_argument(
+            "--log-level", default="info", choices=("debug", "info", "warning", "error")
+        )
+
+
+def _device_settings(args: argparse.Namespace, verb: str) -> tuple[str, DeviceSettings] | int:
+    """(config path, settings), or the exit code after printing every config problem."""
+    import os
+
+    from reconciler import device, settings
+    from reconciler.errors import SettingsError
+
+    path = settings.config_path(args.config, os.environ)
+    try:
+        return path, device.load_settings(path)
+    except SettingsError as exc:
+        print(f"{verb}: bad config, nothing was done:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _once(args: argparse.Namespace) -> int:
+    from reconciler import device, logs
+    from reconciler.state import StateError, StateLocked, StateStore
+
+    loaded = _device_settings(args, "once")
+    if isinstance(loaded, int):
+        return loaded
+    _path, device_settings = loaded
+    logs.setup(level=args.log_level)
+    try:
+        with (
+            StateStore(device_settings.state_dir).lock(),
+            device.open_device(device_settings) as dev,
+        ):
+            outcome = dev.reconciler.cycle()
+    except (StateLocked, StateError, OSError) as exc:
+        print(f"once: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{outcome.result}: {outcome.message}")
+    return outcome.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from reconciler import daemon, logs
+    from reconciler.state import StateError, StateLocked
+
+    loaded = _device_settings(args, "run")
+    if isinstance(loaded, int):
+        return loaded
+    path, device_settings = loaded
+    logs.setup(level=args.log_level)
+    try:
+        return daemon.run(path, device_settings)
+    except (StateLocked, StateError, OSError) as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from reconciler import status
+    from reconciler.adapters.docker_engine import DockerEngine
+    from reconciler.errors import EngineError
+    from reconciler.state import StateError, StateStore
+
+    loaded = _device_settings(args, "status")
+    if isinstance(loaded, int):
+        return loaded
+    _path, ds = loaded
+    try:
+        saved = StateStore(ds.state_dir).load()
+    except (StateError, OSError) as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    engine = DockerEngine(
+        base_url=ds.runtime.docker_host, namespace=ds.runtime.namespace, timeout=10
+    )
+    observed = volumes = engine_error = None
+    try:
+        observed = engine.list_managed()
+        volumes = engine.list_volumes()
+    except EngineError as exc:
+        engine_error = str(exc)
+    finally:
+        engine.close()
+    doc = status.report(
+        saved,
+        device=ds.device.name,
+        state_dir=ds.state_dir,
+        observed=observed,
+        volumes=volumes,
+        engine_error=engine_error,
+    )
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print("\n".join(status.render(doc)))
+    return EXIT_OK
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from reconciler import daemon
+
+    loaded = _device_settings(args, "sync")
+    if isinstance(loaded, int):
+        return loaded
+    problem = daemon.send_sync(loaded[1].state_dir)
+    if problem:
+        print(f"sync: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    print("sync: asked the daemon to cycle now")
+    return EXIT_OK
 
 
 def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,122 @@
+"""Wiring of the device verbs: settings from disk, then the adapters and the Reconciler on them.
+
+Shell: the only module that knows which concrete adapters the device uses (GitSource,
+DockerEngine, StateStore). `once`, `run` and `status` build what they need here, so each verb
+stays a few lines. Heavy imports (GitPython, docker) happen inside `open_device`, not at import.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler import errors, settings, state
+
+if TYPE_CHECKING:
+    from reconciler.adapters.docker_engine import DockerEngine
+    from reconciler.adapters.git_source import GitSource
+    from reconciler.cycle import Reconciler
+    from reconciler.metrics import Metrics
+
+GIT_CACHE = "mirror.git"  # the bare cache repo inside state_dir
+MAX_LABEL_FILE_BYTES = 64 * 1024
+
+
+def load_settings(config_path: str) -> settings.DeviceSettings:
+    """The device config with the label files of `device.labels_dir` merged over its labels.
+
+    Raises SettingsError naming every problem (the CLI exits 2 on it).
+    """
+    loaded = settings.read(config_path, env=os.environ, hostname=socket.gethostname())
+    labels_dir = loaded.device.labels_dir
+    if labels_dir is None:
+        return loaded
+    return loaded.with_labels(
+        settings.merge_label_files(loaded.labels, read_label_files(labels_dir))
+    )
+
+
+def read_label_files(labels_dir: str) -> list[tuple[str, bytes]]:
+    """`*.yaml` files of `labels_dir` in name order (later files win); a missing dir is empty."""
+    directory = Path(labels_dir)
+    if not directory.is_dir():
+        return []
+    files = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            with path.open("rb") as handle:
+                files.append((str(path), handle.read(MAX_LABEL_FILE_BYTES + 1)))
+        except OSError as exc:
+            problem = errors.Problem(str(path), "", f"cannot read: {exc.strerror or exc}")
+            raise errors.SettingsError([problem]) from None
+    return files
+
+
+def source_urls(device_settings: settings.DeviceSettings) -> tuple[str, ...]:
+    return (device_settings.source.url, *device_settings.source.mirrors)
+
+
+def local_source_path(device_settings: settings.DeviceSettings) -> Path | None:
+    """The fleet repo's directory when `source.url` is a local path or file URL (an air-gapped
+    drop the daemon watches), else None."""
+    url = device_settings.source.url
+    if url.startswith("file://"):
+        return Path(url.removeprefix("file://"))
+    if "://" in url or (":" in url.split("/", 1)[0]):
+        return None  # a network URL or scp-like host:path
+    return Path(url)
+
+
+@dataclass
+class Device:
+    """The adapters of one device and the Reconciler running on them."""
+
+    settings: settings.DeviceSettings
+    store: state.StateStore
+    git: GitSource
+    engine: DockerEngine
+    reconciler: Reconciler
+
+
+@contextmanager
+def open_device(
+    device_settings: settings.DeviceSettings, *, metrics: Metrics | None = None
+) -> Iterator[Device]:
+    """Adapters for `device_settings`, closed on exit. The caller holds the state lock."""
+    from reconciler.adapters.docker_engine import DockerEngine
+    from reconciler.adapters.git_source import GitSource
+    from reconciler.cycle import Reconciler
+
+    store = state.StateStore(device_settings.state_dir)
+    git = GitSource(
+        cache_dir=Path(device_settings.state_dir) / GIT_CACHE,
+        urls=source_urls(device_settings),
+        branch=device_settings.source.branch,
+    )
+    engine = DockerEngine(
+        base_url=device_settings.runtime.docker_host,
+        namespace=device_settings.runtime.namespace,
+    )
+    try:
+        yield Device(
+            settings=device_settings,
+            store=store,
+            git=git,
+            engine=engine,
+            reconciler=Reconciler(
+                settings=device_settings,
+                labels=device_settings.labels,
+                git=git,
+                engine=engine,
+                store=store,
+                metrics=metrics,
+            ),
+        )
+    finally:
+        git.close()
+        engine.close()

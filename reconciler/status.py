@@ -1,0 +1,144 @@
+"""What `reconciler status` shows: the saved state joined with what the engine reports.
+
+Pure: `report()` builds a plain dict (the `--json` output) from the state, the observed
+containers and volumes; `render()` turns it into lines a person reads at a glance on the device.
+The engine part is optional: with the engine down, status still shows the saved state and says
+why the containers are missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from reconciler import model, state
+
+
+def report(
+    saved: state.DeviceState,
+    *,
+    device: str,
+    state_dir: str,
+    observed: Sequence[model.ObservedContainer] | None,
+    volumes: Sequence[str] | None,
+    engine_error: str | None = None,
+) -> dict[str, Any]:
+    """The status document; `observed`/`volumes` are None when the engine could not be asked."""
+    by_app: dict[str, list[model.ObservedContainer]] = {}
+    for container in observed or ():
+        by_app.setdefault(container.app, []).append(container)
+    apps = []
+    for app in saved.apps:
+        images = dict(app.images)
+        apps.append(
+            {
+                "name": app.name,
+                "path": app.path,
+                "revision": app.revision,
+                "containers": [
+                    {
+                        "name": c.container,
+                        "engine_name": c.name,
+                        "state": c.status,
+                        "image": c.image,
+                        "revision": c.revision,
+                        "restart_count": c.restart_count,
+                    }
+                    for c in by_app.pop(app.name, [])
+                ],
+                "images": images,
+            }
+        )
+    return {
+        "device": device,
+        "state_dir": state_dir,
+        "release_version": saved.release_version,
+        "commit": saved.commit,
+        "applied_at": saved.applied_at,
+        "last_fetch": saved.last_fetch,
+        "last_fetch_commit": saved.last_fetch_commit,
+        "last_error": saved.last_error,
+        "last_verification_failure": saved.last_verification_failure,
+        "pending": None
+        if saved.pending is None
+        else {
+            "release_version": saved.pending.release_version,
+            "commit": saved.pending.commit,
+            "started_at": saved.pending.started_at,
+        },
+        "apps": apps,
+        "previous_apps": [{"name": a.name, "revision": a.revision} for a in saved.previous_apps],
+        "held_back": [
+            {
+                "app": h.app,
+                "revision": h.revision,
+                "reason": h.reason,
+                "release_version": h.release_version,
+                "at": h.at,
+            }
+            for h in saved.held_back
+        ],
+        # Managed containers of apps not in the applied state (e.g. pruned by the next cycle).
+        "other_containers": [
+            {"app": c.app, "name": c.container, "state": c.status}
+            for containers in by_app.values()
+            for c in containers
+        ],
+        "volumes": list(volumes) if volumes is not None else None,
+        "engine_error": engine_error,
+    }
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    """Human lines for the status document."""
+    lines = [f"device {doc['device']}  (state in {doc['state_dir']})"]
+    if doc["release_version"] is None:
+        lines.append("release: none applied yet")
+    else:
+        lines.append(
+            f"release {doc['release_version']} at commit {_short(doc['commit'])}, "
+            f"applied {doc['applied_at'] or '?'}"
+        )
+    if doc["last_fetch"]:
+        lines.append(f"last fetch: {doc['last_fetch']} (head {_short(doc['last_fetch_commit'])})")
+    else:
+        lines.append("last fetch: never")
+    lines.append(f"last error: {doc['last_error'] or 'none'}")
+    if doc["last_verification_failure"]:
+        lines.append(f"last refused release: {doc['last_verification_failure']}")
+    if doc["pending"]:
+        lines.append(
+            f"interrupted change to release {doc['pending']['release_version']} "
+            f"(started {doc['pending']['started_at']}): the next cycle finishes or reverts it"
+        )
+    if doc["engine_error"]:
+        lines.append(f"engine: not reachable, containers unknown: {doc['engine_error']}")
+    lines.append(f"apps ({len(doc['apps'])}):" if doc["apps"] else "apps: none")
+    for app in doc["apps"]:
+        lines.append(f"  {app['name']}  revision {_short(app['revision'])}  ({app['path']})")
+        if doc["engine_error"]:
+            continue
+        if not app["containers"]:
+            lines.append("    no containers (the next cycle creates them)")
+        for c in app["containers"]:
+            restarts = f", {c['restart_count']} restarts" if c["restart_count"] else ""
+            lines.append(f"    {c['name']:<16} {c['state']:<10} {c['image']}{restarts}")
+    for c in doc["other_containers"]:
+        lines.append(f"  (not applied) {c['app']}/{c['name']}  {c['state']}")
+    if doc["held_back"]:
+        lines.append("held back (not retried until the manifest changes):")
+        for h in doc["held_back"]:
+            lines.append(
+                f"  {h['app']} revision {_short(h['revision'])} since {h['at']} "
+                f"(release {h['release_version']}): {h['reason']}"
+            )
+    if doc["volumes"]:
+        lines.append(
+            "volumes (kept across updates and removals; delete by hand with docker volume rm): "
+            + ", ".join(doc["volumes"])
+        )
+    return lines
+
+
+def _short(commit: str | None) -> str:
+    return commit[:12] if commit else "-"

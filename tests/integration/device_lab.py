@@ -1,0 +1,156 @@
+"""A device lab for integration tests: a fleet repo, a device config, and the real CLI.
+
+`DeviceLab` owns one fleet repo checkout (real git), one device config (its own namespace,
+state_dir and ports on the shared test engine) and runs `reconciler once|status|run` as the
+installed console script, the way an operator does. Images come from the local registry on
+127.0.0.1, so every pull stays on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from reconciler import repo_verbs
+from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
+from tests.infra.registry import free_port
+
+__all__ = ["DeviceLab", "Run", "app_manifest", "http_get", "log_events"]
+
+
+def app_manifest(
+    name: str,
+    containers: list[dict[str, object]],
+    *,
+    selector: dict[str, object] | None = None,
+) -> str:
+    spec: dict[str, object] = {"containers": containers}
+    if selector is not None:
+        spec["selector"] = selector
+    doc = {"apiVersion": "reconciler/v1", "kind": "App", "metadata": {"name": name}, "spec": spec}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def http_get(port: int, path: str = "/index.html", *, timeout: float = 10.0) -> str | None:
+    """The body served on 127.0.0.1:port, waiting up to `timeout` for it to answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+                return reply.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
+
+
+@dataclass
+class DeviceLab:
+    root: Path
+    docker_host: str
+    namespace: str
+    device_name: str = "dev-01"
+    labels: dict[str, str] = field(default_factory=lambda: {"role": "gateway"})
+    policy: dict[str, object] = field(default_factory=dict)
+    source_url: str | None = None
+    mirrors: list[str] = field(default_factory=list)
+    metrics_listen: str = ""
+
+    def __post_init__(self) -> None:
+        self.fleet = FleetRepo(self.root / "fleet")
+        self.state_dir = self.root / "state"
+        self.config_path = self.root / "etc" / "config.yaml"
+        self.labels_dir = self.root / "etc" / "labels.d"
+        self.labels_dir.mkdir(parents=True)
+        self.write_config()
+
+    # --- the fleet repo --------------------------------------------------------------------
+
+    def publish(self, apps: Mapping[str, str | None], message: str = "change") -> str:
+        """Write (or, with None, delete) app manifests, release unsigned, commit; the commit."""
+        for name, text in apps.items():
+            path = self.fleet.root / "apps" / name / "app.yaml"
+            if text is None:
+                path.unlink()
+            else:
+                self.fleet.write(f"apps/{name}/app.yaml", text)
+        code, _ = repo_verbs.write_release(self.fleet.root, expires_in=30 * 86400)
+        assert code == 0, "release of the test fleet repo failed"
+        return self.fleet.commit(message)
+
+    # --- the device ------------------------------------------------------------------------
+
+    def write_config(self, **overrides: object) -> None:
+        config: dict[str, object] = {
+            "device": {
+                "name": self.device_name,
+                "labels": self.labels,
+                "labels_dir": str(self.labels_dir),
+            },
+            "source": {
+                "url": self.source_url or str(self.fleet.root),
+                "mirrors": self.mirrors,
+                "poll_interval": "1h",
+            },
+            "trust": {"allow_unsigned": True},
+            "runtime": {"docker_host": self.docker_host, "namespace": self.namespace},
+            "policy": {"allowed_host_paths": [str(self.root)], **self.policy},
+            "state_dir": str(self.state_dir),
+            "metrics": {"listen": self.metrics_listen},
+        }
+        config.update(overrides)
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **GIT_ENV}
+        env.pop("DOCKER_HOST", None)  # the config names the engine
+        return env
+
+    def cli(self, *args: str, timeout: float = 180) -> Run:
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), *args, "--config", str(self.config_path)],
+            check=False,
+            env=self.env(),
+            capture_output=True,
+            timeout=timeout,
+        )
+        return Run(result.returncode, result.stdout.decode(), result.stderr.decode())
+
+    def once(self) -> Run:
+        return self.cli("once")
+
+    def status(self) -> dict[str, object]:
+        run = self.cli("status", "--json")
+        assert run.code == 0, run.err
+        return json.loads(run.out)
+
+    def start_daemon(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "run", "--config", str(self.config_path)],
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    @staticmethod
+    def free_port() -> int:
+        return free_port()
+
+
+def log_events(stderr: str) -> list[dict[str, object]]:
+    """The JSON log records in a run's stderr."""
+    records = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
