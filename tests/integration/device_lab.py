@@ -135,12 +135,18 @@ class DeviceLab:
         return json.loads(run.out)
 
     def start_daemon(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "run", "--config", str(self.config_path)],
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        """`reconciler run` in the background; its log lines go to `daemon_log`."""
+        with self.daemon_log.open("ab") as log:
+            return subprocess.Popen(
+                [str(CONSOLE_SCRIPT), "run", "--config", str(self.config_path)],
+                env=self.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "daemon.log"
 
     @staticmethod
     def free_port() -> int:

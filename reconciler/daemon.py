@@ -1,0 +1,271 @@
+"""`reconciler run`: cycles every poll interval until SIGTERM (SPEC 3.3).
+
+Shell. Owns the loop's timing and its wake-ups: the poll interval with jitter; back-off while
+every remote is down; SIGHUP or a change to the config file or `device.labels_dir` reloads the
+settings and cycles now; a change under a local `source.url` (an air-gapped drop) or SIGUSR1
+(`reconciler sync`) cycles now; SIGTERM/SIGINT stop between cycles (a cycle in progress
+finishes: it records its transaction, so even a hard kill leaves a state the next run finishes).
+A config that became invalid is logged and the last good one kept: the device goes on running.
+Must not: run two cycles at once, or leave the pid file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from reconciler import backoff, device, logs, settings, state
+from reconciler.errors import SettingsError
+
+if TYPE_CHECKING:
+    from reconciler.metrics import Metrics
+
+_log = logging.getLogger("reconciler.daemon")
+
+PID_FILE = "daemon.pid"  # in state_dir: where `reconciler sync` finds the daemon
+SYNC_SIGNAL = signal.SIGUSR1
+MAX_BACKOFF_FACTOR = 5  # while the fleet repo is unreachable, wait up to 5 poll intervals
+
+
+@dataclass
+class Wakeups:
+    """Why the loop should stop sleeping; set from signal handlers and the watcher thread."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    stop: bool = False
+    reload: bool = False
+    reason: str = ""
+
+    def wake(self, reason: str, *, reload: bool = False, stop: bool = False) -> None:
+        self.reason = self.reason or reason
+        self.reload = self.reload or reload
+        self.stop = self.stop or stop
+        self.event.set()
+
+    def take(self) -> tuple[str, bool]:
+        reason, reload = self.reason or "poll interval", self.reload
+        self.reason, self.reload = "", False
+        self.event.clear()
+        return reason, reload
+
+
+def run(config_path: str, device_settings: settings.DeviceSettings) -> int:
+    """Run until SIGTERM; returns the exit code (0 on a clean stop)."""
+    from reconciler.metrics import Metrics
+
+    store = state.StateStore(device_settings.state_dir)
+    wakeups = Wakeups()
+    with store.lock(), _pid_file(Path(device_settings.state_dir)), _signals(wakeups):
+        metrics = Metrics(remotes=device.source_urls(device_settings))
+        server = metrics.serve(device_settings.metrics.listen)
+        watcher = _Watcher(config_path, device_settings, wakeups)
+        watcher.start()
+        logs.event(
+            _log,
+            logging.INFO,
+            "daemon.start",
+            device=device_settings.device.name,
+            poll_interval=device_settings.source.poll_interval,
+            metrics=f"{server.host}:{server.port}" if server else "off",
+        )
+        try:
+            _loop(config_path, device_settings, metrics, wakeups, watcher)
+        finally:
+            watcher.stop()
+            if server is not None:
+                server.shutdown()
+    logs.event(_log, logging.INFO, "daemon.stop")
+    return 0
+
+
+def _loop(
+    config_path: str,
+    current: settings.DeviceSettings,
+    metrics: Metrics,
+    wakeups: Wakeups,
+    watcher: _Watcher,
+) -> None:
+    """Cycle, sleep, repeat. The adapters and the Reconciler (its release cache and crash-loop
+    back-off) live across cycles and are rebuilt only when the settings change."""
+    reason = "start"
+    while not wakeups.stop:
+        with device.open_device(current, metrics=metrics) as dev:
+            while not wakeups.stop:
+                logs.event(_log, logging.INFO, "cycle.start", trigger=reason)
+                dev.reconciler.cycle()
+                if current.metrics.pushgateway:
+                    grouping = {"device": current.device.name}
+                    metrics.push(current.metrics.pushgateway, "reconciler", grouping)
+                wakeups.event.wait(_next_wait(current, dev.reconciler.fetch_failures))
+                if wakeups.stop:
+                    return
+                reason, reload = wakeups.take()
+                if reload:
+                    fresh = _reload(config_path, current)
+                    if fresh != current:
+                        current = fresh
+                        watcher.update(current)
+                        break  # rebuild the adapters on the new settings
+
+
+def _next_wait(current: settings.DeviceSettings, fetch_failures: int) -> float:
+    interval = current.source.poll_interval
+    jitter = current.source.jitter
+    if fetch_failures:
+        return backoff.delay(
+            fetch_failures,
+            initial=interval,
+            cap=interval * MAX_BACKOFF_FACTOR,
+            jitter=jitter,
+        )
+    return backoff.jittered(interval, jitter=jitter)
+
+
+def _reload(config_path: str, current: settings.DeviceSettings) -> settings.DeviceSettings:
+    """The new settings, or the current ones when the new file is invalid (logged)."""
+    try:
+        fresh = device.load_settings(config_path)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            logs.event(
+                _log,
+                logging.ERROR,
+                "config.invalid",
+                problem=str(problem),
+                action="kept the previous config",
+            )
+        return current
+    if fresh.state_dir != current.state_dir:
+        logs.event(
+            _log,
+            logging.ERROR,
+            "config.state_dir_changed",
+            action="kept the previous state_dir until restart",
+        )
+        fresh = dataclasses.replace(fresh, state_dir=current.state_dir)
+    logs.event(_log, logging.INFO, "config.reloaded", labels=fresh.labels)
+    return fresh
+
+
+@contextlib.contextmanager
+def _pid_file(state_dir: Path) -> Iterator[None]:
+    path = state_dir / PID_FILE
+    path.write_text(f"{os.getpid()}\n", encoding="ascii")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _signals(wakeups: Wakeups) -> Iterator[None]:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        wakeups.wake(signal.Signals(signum).name, stop=True)
+
+    def reload(_signum: int, _frame: FrameType | None) -> None:
+        wakeups.wake("SIGHUP", reload=True)
+
+    def sync(_signum: int, _frame: FrameType | None) -> None:
+        wakeups.wake("reconciler sync")
+
+    handlers = {
+        signal.SIGTERM: stop,
+        signal.SIGINT: stop,
+        signal.SIGHUP: reload,
+        SYNC_SIGNAL: sync,
+    }
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _Watcher:
+    """watchfiles on the config file's directory, `labels_dir` and a local source path."""
+
+    def __init__(
+        self, config_path: str, current: settings.DeviceSettings, wakeups: Wakeups
+    ) -> None:
+        self._config = Path(config_path).absolute()
+        self._wakeups = wakeups
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._targets = self._paths(current)
+
+    def _paths(self, current: settings.DeviceSettings) -> dict[Path, str]:
+        targets = {self._config.parent: "config"}
+        if current.device.labels_dir:
+            targets[Path(current.device.labels_dir).absolute()] = "labels"
+        source = device.local_source_path(current)
+        if source is not None:
+            targets[source.absolute()] = "source"
+        return {path: kind for path, kind in targets.items() if path.exists()}
+
+    def start(self) -> None:
+        if not self._targets:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def update(self, current: settings.DeviceSettings) -> None:
+        targets = self._paths(current)
+        if targets != self._targets:
+            self.stop()
+            self._targets = targets
+            self.start()
+
+    def _watch(self) -> None:
+        import watchfiles
+
+        for changes in watchfiles.watch(
+            *self._targets, stop_event=self._stop, debounce=300, raise_interrupt=False
+        ):
+            kinds = {self._kind(Path(changed)) for _change, changed in changes}
+            kinds.discard(None)
+            if "config" in kinds or "labels" in kinds:
+                self._wakeups.wake("config or labels changed", reload=True)
+            elif "source" in kinds:
+                self._wakeups.wake("local fleet repo changed")
+
+    def _kind(self, changed: Path) -> str | None:
+        for root, kind in self._targets.items():
+            if kind == "config" and changed != self._config:
+                continue  # other files beside the config are not ours
+            if changed == root or root in changed.parents:
+                return kind
+        return None
+
+
+def send_sync(state_dir: str) -> str | None:
+    """Ask the daemon of `state_dir` to cycle now; None on success, else why not."""
+    path = Path(state_dir) / PID_FILE
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return f"no daemon is running for {state_dir} (no readable {path})"
+    try:
+        os.kill(pid, SYNC_SIGNAL)
+    except ProcessLookupError:
+        return f"no daemon is running for {state_dir} (process {pid} from {path} is gone)"
+    except PermissionError:
+        return f"not allowed to signal the daemon (process {pid}); run as its user"
+    return None
