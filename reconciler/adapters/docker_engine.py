@@ -46,6 +46,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -93,6 +94,13 @@ class DockerEngine:
     @property
     def _api(self) -> Any:
         if self._client is None:
+            socket_path = Path((self._base_url or "").removeprefix("unix://"))
+            # Said plainly, and before docker-py, which leaks a socket on this failure.
+            if (self._base_url or "").startswith("unix://") and not socket_path.exists():
+                raise errors.EngineError(
+                    f"docker engine ({self._where}): connect: no socket at {socket_path}; "
+                    "is dockerd (or podman.socket) running?"
+                )
             with self._boundary("connect"):
                 if self._base_url is None:
                     self._client = docker.from_env(timeout=self._timeout).api
