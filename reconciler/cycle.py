@@ -542,7 +542,12 @@ class Reconciler:
                 continue
             self._crash_loops[key] = (attempts + 1, now.timestamp())
             kept.append(action)
-        return kept
+        # A pull only serves the creates and replaces left: a backed-off one needs none, else
+        # every cycle of the back-off would pull from the registry and report "converged".
+        needed = {
+            a.image for a in kept if a.kind in (model.ActionKind.CREATE, model.ActionKind.REPLACE)
+        }
+        return [a for a in kept if a.kind is not model.ActionKind.PULL or a.image in needed]
 
     def _count_drift(
         self, actions: Sequence[model.Action], applied_revisions: Mapping[str, str]
