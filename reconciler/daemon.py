@@ -15,10 +15,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import select
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -36,25 +38,56 @@ SYNC_SIGNAL = signal.SIGUSR1
 MAX_BACKOFF_FACTOR = 5  # while the fleet repo is unreachable, wait up to 5 poll intervals
 
 
-@dataclass
 class Wakeups:
-    """Why the loop should stop sleeping; set from signal handlers and the watcher thread."""
+    """Why the loop should stop sleeping; set from signal handlers and the watcher thread.
 
-    event: threading.Event = field(default_factory=threading.Event)
-    stop: bool = False
-    reload: bool = False
-    reason: str = ""
+    The loop sleeps in `select` on a socket pair that is also the interpreter's signal wakeup
+    fd. The kernel may deliver a signal to any thread (the watcher's, the metrics server's);
+    Python runs the handler in the main thread only once that thread runs again, so a plain
+    `Event.wait` could sleep through a `sync` for a whole poll interval. The wakeup fd gets a
+    byte whichever thread the signal hit, so `select` returns at once.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self.stop = False
+        self.reload = False
+        self.reason = ""
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
+
+    @property
+    def signal_fd(self) -> int:
+        return self._write.fileno()
 
     def wake(self, reason: str, *, reload: bool = False, stop: bool = False) -> None:
         self.reason = self.reason or reason
         self.reload = self.reload or reload
         self.stop = self.stop or stop
-        self.event.set()
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._write.send(b"\0")  # a full buffer already means "wake up"
+
+    def sleep(self, seconds: float) -> None:
+        """Until `seconds` pass or a wake-up with a reason comes, whichever is first."""
+        deadline = time.monotonic() + seconds
+        while not (self.reason or self.stop):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([self._read], [], [], left)
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    while self._read.recv(4096):
+                        pass
+            # A signal's byte can arrive before its Python handler has run: loop, re-check.
 
     def take(self) -> tuple[str, bool]:
         reason, reload = self.reason or "poll interval", self.reload
         self.reason, self.reload = "", False
-        self.event.clear()
         return reason, reload
 
 
@@ -64,7 +97,12 @@ def run(config_path: str, device_settings: settings.DeviceSettings) -> int:
 
     store = state.StateStore(device_settings.state_dir)
     wakeups = Wakeups()
-    with store.lock(), _pid_file(Path(device_settings.state_dir)), _signals(wakeups):
+    with (
+        contextlib.closing(wakeups),
+        store.lock(),
+        _pid_file(Path(device_settings.state_dir)),
+        _signals(wakeups),
+    ):
         metrics = Metrics(remotes=device.source_urls(device_settings))
         server = metrics.serve(device_settings.metrics.listen)
         watcher = _Watcher(config_path, device_settings, wakeups)
@@ -105,7 +143,7 @@ def _loop(
                 if current.metrics.pushgateway:
                     grouping = {"device": current.device.name}
                     metrics.push(current.metrics.pushgateway, "reconciler", grouping)
-                wakeups.event.wait(_next_wait(current, dev.reconciler.fetch_failures))
+                wakeups.sleep(_next_wait(current, dev.reconciler.fetch_failures))
                 if wakeups.stop:
                     return
                 reason, reload = wakeups.take()
@@ -185,9 +223,11 @@ def _signals(wakeups: Wakeups) -> Iterator[None]:
         SYNC_SIGNAL: sync,
     }
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    previous_fd = signal.set_wakeup_fd(wakeups.signal_fd, warn_on_full_buffer=False)
     try:
         yield
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
