@@ -43,6 +43,9 @@ Podman (its Docker-compatible socket, e.g. `unix:///run/podman/podman.sock`), fr
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -71,6 +74,9 @@ class DockerEngine:
         self._timeout = timeout
         self._client: Any = None
         self._network_lock = threading.Lock()  # check-then-create is not atomic in the engine
+        # Only a local engine shares our neighbour table; only root may change it.
+        local = base_url is None or base_url.startswith("unix://")
+        self.flush_stale_neighbours = local and os.geteuid() == 0 and shutil.which("ip") is not None
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -395,11 +401,35 @@ class DockerEngine:
                 with contextlib.suppress(errors.EngineError):
                     self.start(old.id)
             raise
+        self._forget_reused_address(attrs, new_id)
         self._remove(old.id)
         final = tr.container_name(self.namespace, desired.app, desired.spec.name)
         with self._boundary(f"rename container {new_id[:12]} to {final}"):
             self._api.rename(new_id, final)
         return new_id
+
+    def _forget_reused_address(self, old_attrs: Mapping[str, Any], new_id: str) -> None:
+        """The new container usually gets the old one's IP on the app network. Engines before
+        Docker 27 send no gratuitous ARP then, so the host keeps the old MAC for that IP and
+        connections stall for ~0.8 s until the entry is re-probed (measured in bench/). Drop
+        that one neighbour entry. Best effort: needs root in the host's network namespace and
+        iproute2; elsewhere (rootless, inside a container) the stall simply stays."""
+        if not self.flush_stale_neighbours:
+            return
+        old_ips = tr.ip_addresses(old_attrs)
+        try:
+            with self._boundary(f"inspect container {new_id[:12]}"):
+                new_ips = tr.ip_addresses(self._api.inspect_container(new_id))
+        except errors.EngineError:
+            return
+        for ip in sorted(set(old_ips) & set(new_ips)):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    ["ip", "neigh", "flush", "to", ip],
+                    check=False,
+                    capture_output=True,
+                    timeout=5,
+                )
 
     # --- what the executor calls (executor.Engine) ----------------------------------------
 

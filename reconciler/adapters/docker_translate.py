@@ -244,6 +244,18 @@ def health_info(inspect: Mapping[str, Any]) -> HealthInfo:
     )
 
 
+def ip_addresses(inspect: Mapping[str, Any]) -> list[str]:
+    """The container's IPv4 and IPv6 addresses on its networks, from an inspect result."""
+    networks = (inspect.get("NetworkSettings") or {}).get("Networks") or {}
+    found = []
+    for network in networks.values():
+        for key in ("IPAddress", "GlobalIPv6Address"):
+            address = (network or {}).get(key)
+            if address:
+                found.append(address)
+    return found
+
+
 def split_image_ref(ref: str) -> tuple[str, str]:
     """(repository, tag or digest) as the pull API wants them; no tag means `latest`."""
     if "@" in ref:

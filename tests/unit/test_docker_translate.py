@@ -256,3 +256,17 @@ values = st.text(
 def test_env_file_round_trips_any_key_value_mapping(mapping):
     data = "".join(f"{k}={v}\n" for k, v in mapping.items()).encode()
     assert tr.parse_env_file(data, file="f") == mapping
+
+
+def test_ip_addresses_lists_every_network_address_and_skips_empty_ones():
+    inspect = {
+        "NetworkSettings": {
+            "Networks": {
+                "reconciler_gw": {"IPAddress": "172.18.0.2", "GlobalIPv6Address": ""},
+                "other": {"IPAddress": "", "GlobalIPv6Address": "fd00::2"},
+            }
+        }
+    }
+    assert tr.ip_addresses(inspect) == ["172.18.0.2", "fd00::2"]
+    assert tr.ip_addresses({}) == []
+    assert tr.ip_addresses({"NetworkSettings": {"Networks": None}}) == []
