@@ -37,6 +37,7 @@ RUN_DIR_ENV = "RECONCILER_TEST_RUN_DIR"
 DATA_ROOT_ENV = "RECONCILER_TEST_DATA_ROOT"
 
 _LOCK_WAIT = 180.0  # a peer may be booting an engine (up to the start timeout) or stopping one
+_HANDED_OVER: list[subprocess.Popen[bytes]] = []  # dockerds another session will stop
 
 
 class EngineUnavailable(Exception):
@@ -155,6 +156,11 @@ class EngineLease:
                 fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 users.close()
+                if self._process is not None:
+                    # The engine outlives this handle: keep it referenced, or Popen.__del__
+                    # warns "still running" into whichever test happens to run the GC.
+                    _HANDED_OVER.append(self._process)
+                    self._process = None
                 return False  # another session still uses it; the last one stops it
             try:
                 return _stop_if_ours(layout, self._process, timeout=stop_timeout)
