@@ -461,9 +461,11 @@ class Reconciler:
         now: datetime,
     ) -> CycleOutcome:
         """An action failed half way: return every app to the applied state and hold back
-        the revisions that failed, so the next cycle does not try them again."""
+        the revision whose action failed, so the next cycle does not try it again; the other
+        apps of the cycle were only caught up in it and go ahead on the next cycle."""
         logs.event(_log, logging.ERROR, "apply.failed", error=str(error), action="revert")
         changed = {a.name: a for a in moved.apps if a not in current.apps}
+        failed = [changed[error.app]] if error.app in changed else list(changed.values())
         held = tuple(h for h in current.held_back if h.app not in changed) + tuple(
             state.HeldBack(
                 app=a.name,
@@ -472,7 +474,7 @@ class Reconciler:
                 release_version=moved.release_version or 0,
                 at=_iso(now),
             )
-            for a in changed.values()
+            for a in failed
         )
         reverted = replace(current, held_back=held, pending=None)
         outcome = self._converge(reverted, self._applied_targets(current), now=now)

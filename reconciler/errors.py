@@ -80,7 +80,11 @@ class EngineError(TransientError):
 
 
 class ApplyError(ReconcilerError):
-    """An action failed half way: roll back."""
+    """An action failed half way: roll back. `app` names the app whose action failed."""
+
+    def __init__(self, message: str, *, app: str | None = None) -> None:
+        super().__init__(message)
+        self.app = app
 
 
 class HealthCheckFailed(ReconcilerError):

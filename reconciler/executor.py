@@ -102,7 +102,9 @@ def apply(
         try:
             _run(engine, action, env_files)
         except EngineError as exc:
-            raise ApplyError(f"{action.kind.value} {action.app}/{action.container}: {exc}") from exc
+            raise ApplyError(
+                f"{action.kind.value} {action.app}/{action.container}: {exc}", app=action.app
+            ) from exc
         if action.kind is model.ActionKind.REMOVE:
             removed_apps.add(action.app)
         report.done.append(action)

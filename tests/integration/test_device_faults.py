@@ -4,6 +4,7 @@ that is down while a new image is needed, and an app that crashes as soon as it 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -169,3 +170,42 @@ def test_a_crash_looping_container_is_recreated_with_back_off_not_every_cycle(
     unchanged = [r for r in cycles if r["result"] == "unchanged"]
     assert len(unchanged) >= len(cycles) - creates - 1
     assert len(managed(docker_client, lab.namespace)) == 1  # each retry replaced the last
+
+
+def test_an_app_that_cannot_start_reverts_the_cycle_and_only_it_is_held_back(
+    lab: DeviceLab,
+    images: ImageFactory,
+    registry: LocalRegistry,
+    docker_client: docker.DockerClient,
+):
+    registry.push(images.httpd("lab-fault-web-v1", "hello v1"), "lab/fault-web:v1")
+    image = f"{registry.address}/lab/fault-web:v1"
+    good_port = lab.free_port()
+    with socket.socket() as squatter:  # something else on the device holds the port
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        lab.publish(
+            {
+                "alpha": app_manifest("alpha", [web(image, good_port)]),
+                "bravo": app_manifest("bravo", [web(image, taken)]),
+            }
+        )
+
+        first = lab.once()
+
+        assert first.code == 3, first.err  # rolled back
+        assert "bravo/web" in first.out
+        assert managed(docker_client, lab.namespace) == []  # alpha's new container went too
+        status = lab.status()
+        assert [h["app"] for h in status["held_back"]] == ["bravo"]
+        assert status["apps"] == []
+
+        second = lab.once()  # bravo is not retried; alpha goes ahead alone
+
+        assert second.code == 0, second.err
+        assert http_get(good_port) == "hello v1"
+        assert [c.labels[model.LABEL_APP] for c in managed(docker_client, lab.namespace)] == [
+            "alpha"
+        ]
+        assert [a["name"] for a in lab.status()["apps"]] == ["alpha"]
