@@ -94,6 +94,10 @@ class EngineLayout:
             self.url,
             "--pidfile",
             str(self.pidfile),
+            # A network per app: the default pools hold only ~30 networks, too few for the
+            # 100-app benchmark and for parallel test sessions (256 /24s here).
+            "--default-address-pool",
+            "base=10.213.0.0/16,size=24",
         ]
 
 
