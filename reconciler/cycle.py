@@ -140,6 +140,7 @@ class Reconciler:
         if self.metrics is not None:
             self.metrics.record_cycle(outcome.result, time.monotonic() - started)
             final = self.store.load()
+            self.metrics.know_apps(a.name for a in final.apps)
             self.metrics.set_app_counts(
                 running=len(final.apps),
                 held_back=len(final.held_back),

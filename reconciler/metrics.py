@@ -167,6 +167,13 @@ class Metrics:
         self.apps.labels(state="held_back").set(held_back)
         self.apps.labels(state="failed").set(failed)
 
+    def know_apps(self, apps: Iterable[str]) -> None:
+        """Start the per-app series at 0 for apps the device runs (called at start and after
+        each cycle), so an app's first rollback or drift shows as a rise, not a new series."""
+        for app in apps:
+            self.rollbacks.labels(app=app)
+            self.drift_corrections.labels(app=app)
+
     def record_rollback(self, app: str) -> None:
         self.rollbacks.labels(app=app).inc()
 

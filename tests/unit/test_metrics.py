@@ -458,3 +458,12 @@ def test_a_failed_push_does_not_log_the_gateway_credentials(
     assert "Connection refused" in message  # the closed port, not a host named "pusher:..."
     assert "s3cret" not in caplog.text
     assert "pusher" not in caplog.text
+
+
+def test_known_apps_get_their_per_app_series_at_zero():
+    m = Metrics()
+    m.know_apps(["gw", "api"])
+    text = m.render().decode()
+    for app in ("gw", "api"):
+        assert f'reconciler_rollbacks_total{{app="{app}"}} 0.0' in text
+        assert f'reconciler_drift_corrections_total{{app="{app}"}} 0.0' in text
