@@ -1,0 +1,306 @@
+"""Engine benchmark (issue: device engine): prints numbers for the README's Performance section.
+
+Measures, against the real engine, a local registry and a local fleet repo (all on loopback):
+
+1. CPU and wall time of an unchanged cycle, with 1 app and with 100 apps (200 containers):
+   the reconciler's own CPU, and separately the CPU of its git child (`ls-remote`).
+2. Resident memory of `reconciler run` after 1,000 unchanged cycles (driven by `sync`).
+3. Commit -> new content served, with `reconciler sync` right after the commit.
+4. How long the app answers nothing while `reconciler once` replaces its image.
+
+Every number is the median of --runs runs (default 5). Usage (as root, engine started or reused
+the way the tests do it):
+
+    .venv/bin/python -m bench.engine_bench [--runs 5] [--cycles 1000] [--skip-100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import docker
+
+from reconciler import device, logs, model
+from tests.infra.engine import acquire
+from tests.infra.git_server import GitDaemon
+from tests.infra.images import ImageFactory, check_busybox
+from tests.infra.registry import LocalRegistry
+from tests.integration.device_lab import DeviceLab, app_manifest, http_get
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cpus, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def median_ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f} ms"
+
+
+class Bench:
+    def __init__(self, runs: int, cycles: int) -> None:
+        self.runs = runs
+        self.cycles = cycles
+        self.lease = acquire()
+        self.client = docker.DockerClient(base_url=self.lease.url, timeout=120)
+        self.images = ImageFactory(self.client, busybox=check_busybox())
+        self.registry = LocalRegistry(self.client)
+        self.tmp = Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
+        self.namespaces: list[str] = []
+        self.refs: dict[str, str] = {}
+        for version in ("v1", "v2"):
+            local = self.images.httpd(f"bench-web-{version}", f"bench {version}")
+            self.registry.push(local, f"bench/web:{version}")
+            self.refs[version] = f"{self.registry.address}/bench/web:{version}"
+        self.registry.push(self.images.sleeper("bench-sleeper"), "bench/sleeper:1")
+        self.refs["sleeper"] = f"{self.registry.address}/bench/sleeper:1"
+
+    def lab(self, name: str) -> DeviceLab:
+        namespace = f"bench-{name}-{os.getpid()}"
+        self.namespaces.append(namespace)
+        return DeviceLab(self.tmp / name, docker_host=self.lease.url, namespace=namespace)
+
+    def close(self) -> None:
+        for namespace in self.namespaces:
+            label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
+            for container in self.client.containers.list(all=True, filters=label):
+                container.remove(force=True)
+            for network in self.client.networks.list(filters=label):
+                network.remove()
+        self.registry.close()
+        self.client.close()
+        self.lease.release()
+
+    # --- 1. unchanged cycles ---------------------------------------------------------------
+
+    def unchanged_cycle(self, apps: int) -> tuple[list[float], list[float], list[float]]:
+        lab = self.lab(f"unchanged{apps}")
+        manifests: dict[str, str | None] = {}
+        for i in range(apps):
+            if apps == 1:
+                containers = [
+                    {
+                        "name": "web",
+                        "image": self.refs["v1"],
+                        "ports": [f"127.0.0.1:{lab.free_port()}:80"],
+                    }
+                ]
+            else:
+                containers = [
+                    {"name": "a", "image": self.refs["sleeper"]},
+                    {"name": "b", "image": self.refs["sleeper"]},
+                ]
+            manifests[f"app{i:03d}"] = app_manifest(f"app{i:03d}", containers)
+        lab.publish(manifests)
+        settings = device.load_settings(str(lab.config_path))
+        cpu, wall, child = [], [], []
+        with device.open_device(settings) as dev:
+            first = dev.reconciler.cycle()
+            assert first.result == "converged", first.message
+            dev.reconciler.cycle()  # warm: caches filled, crash-loop bookkeeping settled
+            for _ in range(self.runs * 4):
+                children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu_before, wall_before = time.process_time(), time.perf_counter()
+                outcome = dev.reconciler.cycle()
+                cpu.append(time.process_time() - cpu_before)
+                wall.append(time.perf_counter() - wall_before)
+                children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                child.append(
+                    children_after.ru_utime
+                    + children_after.ru_stime
+                    - children_before.ru_utime
+                    - children_before.ru_stime
+                )
+                assert outcome.result == "unchanged", outcome.message
+        return cpu, wall, child
+
+    # --- 2. daemon RSS after many cycles ------------------------------------------------------
+
+    def daemon_rss(self) -> tuple[float, float, int]:
+        """(RSS MB after the first cycle, RSS MB after `cycles` cycles, cycles counted)."""
+        lab = self.lab("rss")
+        lab.metrics_listen = f"127.0.0.1:{lab.free_port()}"
+        lab.write_config()
+        port = lab.free_port()
+        web = {"name": "web", "image": self.refs["v1"], "ports": [f"127.0.0.1:{port}:80"]}
+        lab.publish({"web": app_manifest("web", [web])})
+        process = lab.start_daemon()
+        try:
+            wait_for(lambda: cycles_done(lab) >= 1, "first cycle")
+            first = rss_mb(process.pid)
+            done = cycles_done(lab)
+            while done < self.cycles:
+                # The signal `reconciler sync` sends, without starting a CLI process each time.
+                os.kill(process.pid, signal.SIGUSR1)
+                wait_for(lambda d=done: cycles_done(lab) > d, "a cycle after sync")
+                done = cycles_done(lab)
+            return first, rss_mb(process.pid), done
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+    # --- 3. commit -> served -----------------------------------------------------------------
+
+    def commit_to_served(self) -> list[float]:
+        lab = self.lab("latency")
+        port = lab.free_port()
+        web = {"name": "web", "image": self.refs["v1"], "ports": [f"127.0.0.1:{port}:80"]}
+        lab.publish({"web": app_manifest("web", [web])})
+        # Served by `git daemon`, a URL the daemon does not watch: only `sync` wakes it.
+        server = GitDaemon(lab.root).start()
+        lab.source_url = server.url("fleet")
+        lab.write_config()
+        process = lab.start_daemon()
+        timings = []
+        try:
+            wait_for(lambda: http_get(port, timeout=0.2) == "bench v1", "first apply")
+            version = "v1"
+            for _ in range(self.runs):
+                version = "v2" if version == "v1" else "v1"
+                lab.publish({"web": app_manifest("web", [{**web, "image": self.refs[version]}])})
+                started = time.perf_counter()
+                assert lab.cli("sync").code == 0
+                wait_for(
+                    lambda v=version: http_get(port, timeout=0.2) == f"bench {v}", "new content"
+                )
+                timings.append(time.perf_counter() - started)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+            server.stop()
+        return timings
+
+    # --- 4. no answer during an update --------------------------------------------------------
+
+    def downtime(self) -> list[float]:
+        lab = self.lab("downtime")
+        port = lab.free_port()
+        web = {"name": "web", "image": self.refs["v1"], "ports": [f"127.0.0.1:{port}:80"]}
+        lab.publish({"web": app_manifest("web", [web])})
+        assert lab.once().code == 0
+        gaps = []
+        version = "v1"
+        for _ in range(self.runs):
+            version = "v2" if version == "v1" else "v1"
+            lab.publish({"web": app_manifest("web", [{**web, "image": self.refs[version]}])})
+            wait_for(lambda: http_get(port, timeout=0.2) is not None, "serving before update")
+            with probe(port) as longest_gap:
+                run = lab.once()
+                assert run.code == 0, run.err
+                wait_for(lambda v=version: http_get(port, timeout=0.2) == f"bench {v}", "served")
+            gaps.append(longest_gap())
+        return gaps
+
+
+@contextlib.contextmanager
+def probe(port: int) -> Iterator[Callable[[], float]]:
+    """Polls the port every 5 ms; yields a function returning the longest span with no answer.
+
+    A probe gives up after 100 ms, so a connection the stopping container accepted but never
+    answered costs at most that, not a long client timeout, in the measured gap."""
+    stop = threading.Event()
+    longest = [0.0]
+
+    def poll() -> None:
+        last_ok = time.perf_counter()
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.1) as reply:
+                    reply.read()
+                now = time.perf_counter()
+                longest[0] = max(longest[0], now - last_ok)
+                last_ok = now
+            except OSError:
+                pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield lambda: longest[0]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def cycles_done(lab: DeviceLab) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{lab.metrics_listen}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("reconciler_cycles_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cycles", type=int, default=1000)
+    parser.add_argument("--skip-100", action="store_true", help="skip the 100-app cycle")
+    args = parser.parse_args(argv)
+    logs.setup(level="error")  # the in-process cycles would warn about the unsigned lab release
+    bench = Bench(args.runs, args.cycles)
+    print(f"# engine benchmark, {datetime.now(UTC):%Y-%m-%d}, {machine()}")
+    print(f"# engine {bench.client.version()['Version']}; median of {args.runs}+ runs")
+    try:
+        for apps in (1,) if args.skip_100 else (1, 100):
+            cpu, wall, child = bench.unchanged_cycle(apps)
+            print(
+                f"unchanged cycle, {apps} app(s) / {apps if apps == 1 else apps * 2} containers: "
+                f"CPU {median_ms(cpu)} (+ git child {median_ms(child)}), wall {median_ms(wall)}"
+            )
+            sys.stdout.flush()
+        first, after, cycles = bench.daemon_rss()
+        print(f"daemon RSS: {first:.1f} MB after the first cycle, {after:.1f} MB after {cycles}")
+        sys.stdout.flush()
+        print(f"commit -> new content served (with sync): {median_ms(bench.commit_to_served())}")
+        sys.stdout.flush()
+        print(f"no answer during an image update: {median_ms(bench.downtime())} (longest gap)")
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
