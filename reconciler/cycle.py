@@ -28,6 +28,7 @@ from reconciler import (
     policy,
     release,
     state,
+    verification,
 )
 from reconciler.errors import (
     ApplyError,
@@ -126,6 +127,10 @@ class Reconciler:
         self.engine = engine
         self.store = store
         self.metrics = metrics
+        self.verifier = verification.ReleaseVerifier(
+            identities=[(i.identity, i.issuer) for i in settings.trust.identities],
+            trusted_root=settings.trust.trusted_root,
+        )
         self._cache: _ReadRelease | None = None
         self._crash_loops: dict[tuple[str, str], tuple[int, float]] = {}
         self._failed_apps: set[str] = set()  # in the release but invalid or forbidden here
@@ -141,6 +146,8 @@ class Reconciler:
             self.metrics.record_cycle(outcome.result, time.monotonic() - started)
             final = self.store.load()
             self.metrics.know_apps(a.name for a in final.apps)
+            if final.commit and final.release_version is not None:
+                self.metrics.set_applied(final.commit, final.release_version)
             self.metrics.set_app_counts(
                 running=len(final.apps),
                 held_back=len(final.held_back),
@@ -237,12 +244,6 @@ class Reconciler:
     ) -> tuple[list[_Target], _ReadRelease, set[str]]:
         """The apps to run, the release, and the apps whose selector no longer matches."""
         read = self._read_release(commit)
-        if not self.settings.trust.allow_unsigned:
-            raise VerificationError(
-                "signature verification is not available in this build; releases are refused "
-                "(set trust.allow_unsigned: true only for a lab)",
-                reason="unsigned",
-            )
         release.check_succession(
             applied_version=current.release_version,
             applied_digest=current.release_digest,
@@ -327,6 +328,20 @@ class Reconciler:
         if data is None:
             missing = Problem(release.RELEASE_PATH, "", f"missing at commit {commit[:12]}")
             raise ReleaseError([missing])
+        if not self.settings.trust.allow_unsigned:
+            # Nothing of an unverified release is parsed or trusted, not even its pins.
+            bundle = self.git.read(
+                commit, release.BUNDLE_PATH, max_bytes=verification.MAX_BUNDLE_BYTES
+            )
+            signer = self.verifier.verify(data, bundle, file=release.RELEASE_PATH)
+            logs.event(
+                _log,
+                logging.DEBUG,
+                "release.verified",
+                commit=commit[:12],
+                identity=signer.identity,
+                issuer=signer.issuer,
+            )
         parsed = release.parse(data)
         files: dict[str, bytes] = {}
         for path in parsed.pins:
