@@ -267,6 +267,35 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     release.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
     release.add_argument("--no-sign", action="store_true", help="write the file only")
     release.add_argument(
+        "--lab-ca", metavar="DIR", help="sign with a lab CA (see lab-ca init), not sigstore"
+    )
+    release.add_argument("--identity", help="with --lab-ca: the signer identity (URI or email)")
+    release.add_argument("--issuer", help="with --lab-ca: the OIDC issuer in the certificate")
+
+    verify = _verb(
+        verbs,
+        "verify",
+        help_text="Verify the checkout's signed release and every manifest pin with the "
+        "config's trust settings, as a device would.",
+        example="reconciler verify ./fleet --config /etc/reconciler/config.yaml",
+        handler=_verify,
+    )
+    verify.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
+    verify.add_argument(
+        "--config",
+        help="device config (default: $RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
+    )
+
+    lab_ca = _verb(
+        verbs,
+        "lab-ca",
+        help_text="A lab signing authority for air-gapped labs, demos and tests.",
+        example="reconciler lab-ca init ./lab-ca",
+        handler=_lab_ca,
+    )
+    lab_ca.add_argument("action", choices=("init",), help="init: create keys and trusted_root")
+    lab_ca.add_argument("directory", help="where the lab CA lives (must not hold one yet)")
+    release.add_argument(
         "--expires-in", default="30d", help="validity of the release (default 30d)"
     )
 
@@ -301,12 +330,44 @@ def _release(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"release: --expires-in: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if not args.no_sign:
-        print(
-            "release: signing is not available in this build; pass --no-sign to write an "
-            "unsigned release (devices accept it only with trust.allow_unsigned: true)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    code, _data = repo_verbs.write_release(Path(args.repo), expires_in=expires_in)
+    if args.no_sign and args.lab_ca:
+        print("release: --no-sign and --lab-ca exclude each other", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.lab_ca and not (args.identity and args.issuer):
+        print("release: --lab-ca needs --identity and --issuer", file=sys.stderr)
+        return EXIT_CONFIG
+    root = Path(args.repo)
+    from reconciler import release, trust_verbs
+
+    previous = trust_verbs.read_if_present(root / release.RELEASE_PATH)
+    code, data = repo_verbs.write_release(root, expires_in=expires_in)
+    if code != EXIT_OK or data is None:
+        return code
+    if args.no_sign:
+        trust_verbs.remove_stale_bundle(root)
+        return EXIT_OK
+    code = trust_verbs.sign_written_release(
+        root,
+        data,
+        lab_ca=Path(args.lab_ca) if args.lab_ca else None,
+        identity=args.identity,
+        issuer=args.issuer,
+    )
+    if code != EXIT_OK:  # nothing half-done: an unsigned new release is not left behind
+        trust_verbs.restore(root / release.RELEASE_PATH, previous)
     return code
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from reconciler import trust_verbs
+
+    loaded = _device_settings(args, "verify")
+    if isinstance(loaded, int):
+        return loaded
+    return trust_verbs.verify(Path(args.repo), loaded[1].trust)
+
+
+def _lab_ca(args: argparse.Namespace) -> int:
+    from reconciler import trust_verbs
+
+    return trust_verbs.lab_ca_init(Path(args.directory))

@@ -144,11 +144,17 @@ def test_bad_expires_in_exits_2_and_writes_nothing(fleet, run_cli):
     assert not (fleet.root / RELEASE).exists()
 
 
-def test_release_without_no_sign_exits_1_with_a_clear_message(fleet, run_cli):
+def test_release_without_a_signer_exits_1_and_leaves_no_unsigned_release(
+    fleet, run_cli, monkeypatch
+):
+    from reconciler import signing
+
+    for name in (*signing._CI_MARKERS, "ACTIONS_ID_TOKEN_REQUEST_URL", "SIGSTORE_ID_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     two_apps(fleet)
     result = run_cli("release", str(fleet.root))
     assert result.code == 1
-    assert "signing is not available in this build; pass --no-sign" in result.err
+    assert "signing failed" in result.err and "id-token: write" in result.err
     assert not (fleet.root / RELEASE).exists()
 
 

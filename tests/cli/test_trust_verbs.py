@@ -1,0 +1,114 @@
+"""`lab-ca init`, `release --lab-ca` and `verify`: signing a fleet repo and checking it as a
+device would, with the real sigstore Verifier (in its child process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ID = "https://ci.example.test/fleet/.github/workflows/release.yml@refs/heads/main"
+ISS = "https://token.actions.example.test"
+RELEASE = ".fleet/release.json"
+BUNDLE = ".fleet/release.json.sigstore.json"
+
+
+@pytest.fixture
+def ca(tmp_path: Path, run_cli) -> Path:
+    directory = tmp_path / "lab-ca"
+    result = run_cli("lab-ca", "init", str(directory))
+    assert result.code == 0, result.err
+    assert "trust.trusted_root" in result.out
+    return directory
+
+
+def config(tmp_path: Path, ca: Path, *, identity: str = ID, issuer: str = ISS) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "source:\n  url: /srv/fleet\n"
+        f"trust:\n  identities: [{{identity: '{identity}', issuer: '{issuer}'}}]\n"
+        f"  trusted_root: {ca / 'trusted_root.json'}\n"
+    )
+    return path
+
+
+def signed(fleet, run_cli, ca: Path) -> None:
+    fleet.app("gw")
+    fleet.commit("gw")
+    result = run_cli(
+        "release", str(fleet.root), "--lab-ca", str(ca), "--identity", ID, "--issuer", ISS
+    )
+    assert result.code == 0, result.err
+    assert (fleet.root / BUNDLE).is_file()
+
+
+def test_lab_ca_init_refuses_an_existing_directory(ca: Path, run_cli):
+    before = (ca / "trusted_root.json").read_bytes()
+    result = run_cli("lab-ca", "init", str(ca))
+    assert result.code == 1
+    assert "lab-ca init:" in result.err
+    assert (ca / "trusted_root.json").read_bytes() == before
+
+
+def test_a_lab_signed_release_verifies(fleet, run_cli, ca: Path, tmp_path: Path):
+    signed(fleet, run_cli, ca)
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+    assert result.code == 0, result.err
+    assert f"signed by {ID}" in result.out
+    assert "every pin matches" in result.out
+
+
+def test_verify_refuses_a_changed_manifest_naming_the_file(
+    fleet, run_cli, ca: Path, tmp_path: Path
+):
+    signed(fleet, run_cli, ca)
+    fleet.write("apps/gw/app.yaml", fleet.read("apps/gw/app.yaml") + b"# changed\n")
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+    assert result.code == 1
+    assert "apps/gw/app.yaml" in result.err and "does not match" in result.err
+
+
+def test_verify_refuses_a_signer_the_config_does_not_trust(
+    fleet, run_cli, ca: Path, tmp_path: Path
+):
+    signed(fleet, run_cli, ca)
+    other = config(tmp_path, ca, identity="someone@example.test")
+    result = run_cli("verify", str(fleet.root), "--config", str(other))
+    assert result.code == 1
+    assert "refused (wrong_identity)" in result.err
+
+
+def test_verify_refuses_an_edited_release(fleet, run_cli, ca: Path, tmp_path: Path):
+    signed(fleet, run_cli, ca)
+    data = json.loads(fleet.read(RELEASE))
+    data["version"] = 99
+    fleet.write(RELEASE, json.dumps(data))
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+    assert result.code == 1
+    assert "refused (invalid_signature)" in result.err
+
+
+def test_verify_without_a_bundle_is_refused(fleet, run_cli, ca: Path, tmp_path: Path):
+    fleet.app("gw")
+    fleet.commit("gw")
+    assert run_cli("release", str(fleet.root), "--no-sign").code == 0
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+    assert result.code == 1
+    assert "refused (unsigned)" in result.err
+
+
+def test_release_no_sign_removes_the_bundle_of_the_previous_release(fleet, run_cli, ca: Path):
+    signed(fleet, run_cli, ca)
+    result = run_cli("release", str(fleet.root), "--no-sign")
+    assert result.code == 0
+    assert not (fleet.root / BUNDLE).exists()
+    assert "removed" in result.err
+
+
+def test_lab_ca_without_identity_is_a_usage_error(fleet, run_cli, ca: Path):
+    fleet.app("gw")
+    result = run_cli("release", str(fleet.root), "--lab-ca", str(ca))
+    assert result.code == 2
+    assert "--identity and --issuer" in result.err
+    assert not (fleet.root / RELEASE).exists()
