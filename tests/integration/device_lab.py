@@ -16,15 +16,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from reconciler import repo_verbs
+from reconciler import release, repo_verbs
 from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
 from tests.infra.registry import free_port
 
-__all__ = ["DeviceLab", "Run", "app_manifest", "http_get", "log_events"]
+__all__ = ["DeviceLab", "LabSigner", "Run", "app_manifest", "http_get", "log_events"]
 
 
 def app_manifest(
@@ -53,6 +54,15 @@ def http_get(port: int, path: str = "/index.html", *, timeout: float = 10.0) -> 
             time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class LabSigner:
+    """A lab CA directory and the identity it signs releases as."""
+
+    ca: Path
+    identity: str = "https://ci.example.test/fleet/.github/workflows/release.yml@refs/heads/main"
+    issuer: str = "https://token.actions.example.test"
+
+
 @dataclass
 class DeviceLab:
     root: Path
@@ -64,6 +74,7 @@ class DeviceLab:
     source_url: str | None = None
     mirrors: list[str] = field(default_factory=list)
     metrics_listen: str = ""
+    signer: LabSigner | None = None  # None: unsigned releases and trust.allow_unsigned
 
     def __post_init__(self) -> None:
         self.fleet = FleetRepo(self.root / "fleet")
@@ -75,17 +86,36 @@ class DeviceLab:
 
     # --- the fleet repo --------------------------------------------------------------------
 
-    def publish(self, apps: Mapping[str, str | None], message: str = "change") -> str:
-        """Write (or, with None, delete) app manifests, release unsigned, commit; the commit."""
+    def publish(
+        self,
+        apps: Mapping[str, str | None],
+        message: str = "change",
+        *,
+        now: datetime | None = None,
+        expires_in: float = 30 * 86400,
+    ) -> str:
+        """Write (or, with None, delete) app manifests, release (signed with the lab CA when
+        `signer` is set), commit; the commit."""
         for name, text in apps.items():
             path = self.fleet.root / "apps" / name / "app.yaml"
             if text is None:
                 path.unlink()
             else:
                 self.fleet.write(f"apps/{name}/app.yaml", text)
-        code, _ = repo_verbs.write_release(self.fleet.root, expires_in=30 * 86400)
-        assert code == 0, "release of the test fleet repo failed"
+        code, data = repo_verbs.write_release(self.fleet.root, now=now, expires_in=expires_in)
+        assert code == 0 and data is not None, "release of the test fleet repo failed"
+        if self.signer is not None:
+            self.sign(data)
         return self.fleet.commit(message)
+
+    def sign(self, data: bytes, signer: LabSigner | None = None) -> None:
+        """Write the bundle over `data` beside the release (default signer: the lab's)."""
+        from reconciler import lab_ca
+
+        using = signer or self.signer
+        assert using is not None
+        bundle = lab_ca.sign(using.ca, data, identity=using.identity, issuer=using.issuer)
+        (self.fleet.root / release.BUNDLE_PATH).write_bytes(bundle)
 
     # --- the device ------------------------------------------------------------------------
 
@@ -101,7 +131,7 @@ class DeviceLab:
                 "mirrors": self.mirrors,
                 "poll_interval": "1h",
             },
-            "trust": {"allow_unsigned": True},
+            "trust": self.trust(),
             "runtime": {"docker_host": self.docker_host, "namespace": self.namespace},
             "policy": {"allowed_host_paths": [str(self.root)], **self.policy},
             "state_dir": str(self.state_dir),
@@ -110,6 +140,14 @@ class DeviceLab:
         config.update(overrides)
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    def trust(self) -> dict[str, object]:
+        if self.signer is None:
+            return {"allow_unsigned": True}
+        return {
+            "identities": [{"identity": self.signer.identity, "issuer": self.signer.issuer}],
+            "trusted_root": str(self.signer.ca / "trusted_root.json"),
+        }
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, **GIT_ENV}
