@@ -272,6 +272,19 @@ def test_each_refusal_is_counted_by_reason_in_the_metrics(device: Device):
             pytest.fail("no invalid_signature failure counted:\n" + scrape(lab))
         assert "reconciler_trust_disabled 0.0" in text
         assert "reconciler_release_version 1.0" in text
+        assert "reconciler_release_expired 0.0" in text
+
+        long_ago = datetime.now(UTC) - timedelta(days=40)
+        lab.publish({"web": device.manifest("v2")}, now=long_ago, expires_in=86400)
+        assert lab.cli("sync").code == 0
+        while time.monotonic() < deadline + 60:
+            text = scrape(lab)
+            expired = 'reconciler_verification_failures_total{reason="expired"} 1.0'
+            if "reconciler_release_expired 1.0" in text and expired in text:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("an expired release did not set reconciler_release_expired:\n" + text)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
