@@ -265,7 +265,10 @@ def test_each_refusal_is_counted_by_reason_in_the_metrics(device: Device):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             text = scrape(lab)
-            if value(text, 'reconciler_verification_failures_total{reason="invalid_signature"}'):
+            refused = value(
+                text, 'reconciler_verification_failures_total{reason="invalid_signature"}'
+            )
+            if refused and value(text, "reconciler_release_version") == 1:  # cycle fully done
                 break
             time.sleep(0.2)
         else:
