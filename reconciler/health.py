@@ -1,0 +1,592 @@
+"""Health of the apps a cycle changed: SPEC 2.1 `health`, 3.1 `health:`, 3.2 step 6.
+
+Owns: deciding, per app, whether its containers are healthy within `health.timeout`, and why not.
+`cycle` calls `wait_healthy` after applying; an empty `Verdict.failed` means commit, anything
+else means roll back and hold those apps' revisions back.
+
+Shape: a pure core (`ContainerWatch`: what one observation means, the certain-failure rules and
+the stable window; `HealthWatch`: per-app decisions, host checks, the timeout) driven by a thin
+shell (`wait_healthy`: inspect, probe, run host commands, sleep). The core takes observations and
+times as plain values, so it is tested with a fake clock and no engine.
+
+Rules, per container:
+- It must be running and its check (if any) must pass: `http` GET on the published host port,
+  status 200..399 (redirects are not followed: a 3xx passes); `tcp` connect, and the connection
+  is not closed at once (Docker's userland proxy accepts on the host port and then closes when
+  nothing listens in the container, so a bare connect would always pass); `exec` exits 0 inside
+  the container; `docker` the image's HEALTHCHECK reports "healthy".
+- Then it must stay running with an unchanged restart count for `stable_for` seconds (the stable
+  window). A restart moves the window's start to the next passing observation; a check that fails
+  inside the window does not restart it, but the app passes only on an observation whose check
+  passes (SPEC 3.1: "stay running, without restarts, this long").
+- Failure is decided at once, without waiting out the timeout, when it is certain:
+  - exited and its restart policy will not bring it back (`no`, or `on-failure` after exit 0),
+    or `dead`;
+  - it keeps restarting: the restart count rose by 2 or more since the wait began, or it was
+    seen in status "restarting" in two separate episodes (episodes, not polls, so the verdict
+    does not depend on the poll interval);
+  - `docker: true` but the running container reports no health status twice in a row (the
+    image has no HEALTHCHECK, so it can never pass).
+  A HEALTHCHECK reporting "unhealthy" is not certain (it may recover): we keep waiting.
+- A container with restart `no` (or `on-failure`) that exited 0 and has no `health` check is a
+  finished job (a migration, a one-shot init), not a failure: it counts as healthy. With a check
+  it fails, since the check can no longer pass.
+- Engine errors while inspecting are not certain either (the engine may be restarting): the
+  container keeps waiting with that reason, so a container removed behind our back fails at the
+  timeout.
+
+Per app and device:
+- Apps are decided independently; one failing app does not stop checking the others, and the
+  wait returns as soon as every app is decided. An app fails with its first certain failure, or
+  at the timeout with the last reason of each container not yet healthy.
+- `health.commands` (host argv, no shell, exit 0 = healthy) judge the whole device, so they run
+  once every app's containers are healthy at the same time. A failing command is retried every
+  interval until the timeout, and then fails every app. When some app has already failed on its
+  own checks, the commands are skipped: they could not tell which app broke the device, the cycle
+  rolls back anyway, and the apps that passed are tried again next cycle without it (SPEC 3.2).
+- No targets: healthy at once (nothing changed that could be blamed).
+
+Must not: import `docker` (probes go through `HealthEngine`), follow redirects or HTTP proxies
+(`http.client`, not urllib: a device's HTTP_PROXY must not route loopback checks), or run host
+commands through a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from reconciler import errors, logs, model
+from reconciler.adapters.docker_translate import HealthInfo
+from reconciler.settings import HealthSettings
+
+_log = logging.getLogger("reconciler.health")
+
+PROBE_TIMEOUT = 2.0  # one http/tcp probe; a slow answer is retried next interval
+# How long a tcp probe waits to see whether the connection is closed at once (userland proxy
+# with nothing listening behind it closes within milliseconds of the accept).
+TCP_LINGER = 0.2
+MIN_COMMAND_TIMEOUT = 1.0  # a host command near the deadline still gets a fair chance
+_REASON_TAIL = 200  # characters of a host command's stderr kept in the reason
+_WILDCARD_IPS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared, never bound
+_CERTAIN_RESTARTS = 2  # restarts since the wait began that make a crash loop certain
+_CERTAIN_EPISODES = 2  # separate "restarting" episodes seen that make a crash loop certain
+_NO_HEALTHCHECK_SEEN = 2  # running with no health status this often in a row: no HEALTHCHECK
+
+
+@dataclass(frozen=True)
+class Target:
+    """One container to check."""
+
+    app: str
+    container: str  # the manifest's container name
+    container_id: str  # engine id of the running container
+    spec: model.ContainerSpec
+
+
+class HealthEngine(Protocol):
+    """What the health step needs from the engine (`DockerEngine` provides both)."""
+
+    def inspect_health(self, container_id: str) -> HealthInfo: ...
+
+    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one wait: `failed` maps app -> reason naming container and check."""
+
+    failed: dict[str, str]
+    seconds: float  # how long the wait took
+
+    @property
+    def healthy(self) -> bool:
+        return not self.failed
+
+
+# --- pure core: one container ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One http/tcp/exec probe: passed or not, and what was seen (for the reason)."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One look at a container: its inspect state plus, when it was running, its probe."""
+
+    status: str  # State.Status: created, running, restarting, paused, exited, dead
+    restart_count: int
+    exit_code: int = 0
+    docker_health: str | None = None  # State.Health.Status; None = no HEALTHCHECK status
+    probe: ProbeResult | None = None  # http/tcp/exec result; None = not probed
+
+    @classmethod
+    def from_info(cls, info: HealthInfo, probe: ProbeResult | None = None) -> Observation:
+        return cls(
+            status=info.status,
+            restart_count=info.restart_count,
+            exit_code=info.exit_code,
+            docker_health=info.health,
+            probe=probe,
+        )
+
+
+class State(StrEnum):
+    WAITING = "waiting"  # not healthy yet, may still become so
+    STABLE = "stable"  # healthy on this observation, stable window done
+    FAILED = "failed"  # certain: will not become healthy within any wait
+
+
+@dataclass(frozen=True)
+class Assessment:
+    state: State
+    reason: str  # why not healthy (WAITING/FAILED) or why healthy (STABLE)
+
+
+def will_restart(restart: model.RestartPolicy, exit_code: int) -> bool:
+    """Whether the engine's restart policy brings back a container that exited with this code."""
+    if restart == "no":
+        return False
+    if restart == "on-failure":
+        return exit_code != 0
+    return True  # always, unless-stopped (unless stopped by hand, which we cannot tell apart)
+
+
+def check_label(spec: model.ContainerSpec) -> str:
+    """How a person names the container's check in a reason: `http check GET http://...`."""
+    check = spec.health
+    if check is None:
+        return "no health check"
+    if check.kind == "http":
+        port = check.port or 0
+        return f"http check GET {http_url(probe_host(spec, port), port, check.path)}"
+    if check.kind == "tcp":
+        port = check.port or 0
+        return f"tcp check {_host_port(probe_host(spec, port), port)}"
+    if check.kind == "exec":
+        return f"exec check {list(check.command)!r}"
+    return "docker HEALTHCHECK"
+
+
+def probe_host(spec: model.ContainerSpec, port: int) -> str:
+    """The address to probe a host port on: the published port's host_ip when it is a specific
+    address (a port published on 127.0.0.2 only answers there), else loopback."""
+    if spec.network_mode == "host":
+        return "127.0.0.1"
+    for mapping in spec.ports:
+        if mapping.host_port == port and mapping.protocol == "tcp":
+            return "127.0.0.1" if mapping.host_ip in _WILDCARD_IPS else mapping.host_ip
+    return "127.0.0.1"
+
+
+def http_url(host: str, port: int, path: str) -> str:
+    return f"http://{_host_port(host, port)}{_request_path(path)}"
+
+
+class ContainerWatch:
+    """Bookkeeping for one container across observations: certain failures, the stable window.
+
+    Pure: `observe` takes the observation and the time it was made. FAILED is final; STABLE and
+    WAITING are re-decided on every observation (a container that was stable may crash later).
+    """
+
+    def __init__(self, *, container: str, spec: model.ContainerSpec, stable_for: float) -> None:
+        self.container = container
+        self.spec = spec
+        self.stable_for = stable_for
+        self.check = check_label(spec)
+        self.last = Assessment(State.WAITING, "not observed yet")
+        self._baseline: int | None = None  # restart count when the wait began
+        self._episodes = 0  # separate runs of "restarting" observations
+        self._in_restart = False
+        self._no_healthcheck = 0  # running with no HEALTHCHECK status, in a row
+        self._window_start: float | None = None  # when the checks first passed
+        self._window_restarts = 0  # restart count at the window's start
+
+    def observe(self, seen: Observation, now: float) -> Assessment:
+        if self.last.state is State.FAILED:
+            return self.last
+        self.last = self._assess(seen, now)
+        return self.last
+
+    def unreachable(self, reason: str) -> Assessment:
+        """The engine could not be asked: not certain, and the window is neither broken nor
+        advanced (only a passing observation can end it)."""
+        if self.last.state is not State.FAILED:
+            self.last = Assessment(State.WAITING, reason)
+        return self.last
+
+    def _assess(self, seen: Observation, now: float) -> Assessment:
+        failure = self._certain_failure(seen)
+        if failure is not None:
+            return Assessment(State.FAILED, failure)
+        if self._finished_job(seen):
+            return Assessment(
+                State.STABLE,
+                f"finished: exited with code 0 and restart policy {self.spec.restart!r} "
+                "will not restart it (a one-shot job)",
+            )
+        if seen.status != "running":
+            self._window_start = None  # "stay running": any stop breaks the window
+            return Assessment(State.WAITING, _status_reason(seen, self.spec.restart))
+        if self._window_start is not None and seen.restart_count != self._window_restarts:
+            self._window_start = None  # restarted between two looks
+        passed, detail = self._check_passes(seen)
+        if self._window_start is None:
+            if not passed:
+                return Assessment(State.WAITING, detail)
+            self._window_start, self._window_restarts = now, seen.restart_count
+        stable_seconds = now - self._window_start
+        if not passed:
+            return Assessment(
+                State.WAITING, f"{detail} (it first passed {stable_seconds:.1f} s ago)"
+            )
+        if stable_seconds >= self.stable_for:
+            return Assessment(State.STABLE, f"{self.check} passes, stable {stable_seconds:.1f} s")
+        return Assessment(
+            State.WAITING,
+            f"{self.check} passes; must stay running without restarts for "
+            f"{self.stable_for:g} s ({stable_seconds:.1f} s so far)",
+        )
+
+    def _certain_failure(self, seen: Observation) -> str | None:
+        if self._baseline is None:
+            self._baseline = seen.restart_count
+        if seen.status == "restarting":
+            if not self._in_restart:
+                self._episodes += 1
+            self._in_restart = True
+        else:
+            self._in_restart = False
+        restarts = seen.restart_count - self._baseline
+        if restarts >= _CERTAIN_RESTARTS:
+            return (
+                f"keeps restarting: restarted {restarts} times since the health wait began "
+                f"(last exit code {seen.exit_code})"
+            )
+        if self._episodes >= _CERTAIN_EPISODES:
+            return (
+                f"keeps restarting: seen restarting {self._episodes} times "
+                f"(restart count {seen.restart_count})"
+            )
+        if seen.status == "dead":
+            return "is dead (the engine failed to stop or remove it); it will not run again"
+        if (
+            seen.status == "exited"
+            and not will_restart(self.spec.restart, seen.exit_code)
+            and not self._finished_job(seen)
+        ):
+            unable = f", so its {self.check} can never pass" if seen.exit_code == 0 else ""
+            return (
+                f"exited with code {seen.exit_code} and restart policy "
+                f"{self.spec.restart!r} will not restart it{unable}"
+            )
+        if self.spec.health is not None and self.spec.health.kind == "docker":
+            if seen.status == "running" and seen.docker_health is None:
+                self._no_healthcheck += 1
+            else:
+                self._no_healthcheck = 0
+            if self._no_healthcheck >= _NO_HEALTHCHECK_SEEN:
+                return "health is docker: true, but the image defines no HEALTHCHECK"
+        return None
+
+    def _finished_job(self, seen: Observation) -> bool:
+        """Exited 0 for good with no check to pass: a one-shot job that did its work."""
+        return (
+            seen.status == "exited"
+            and seen.exit_code == 0
+            and self.spec.health is None
+            and not will_restart(self.spec.restart, 0)
+        )
+
+    def _check_passes(self, seen: Observation) -> tuple[bool, str]:
+        """Whether the check passes on a running container, and what was seen."""
+        check = self.spec.health
+        if check is None:
+            return True, "running"
+        if check.kind == "docker":
+            if seen.docker_health == "healthy":
+                return True, f"{self.check} reports healthy"
+            return False, f"{self.check} reports {seen.docker_health or 'no status'}"
+        if seen.probe is None:
+            return False, f"{self.check}: not probed"
+        return seen.probe.ok, f"{self.check}: {seen.probe.detail}"
+
+
+def _status_reason(seen: Observation, restart: model.RestartPolicy) -> str:
+    if seen.status == "exited":
+        return (
+            f"exited with code {seen.exit_code}; waiting for restart policy {restart!r} "
+            "to start it again"
+        )
+    if seen.status == "created":
+        return "created but not started"
+    return f"is {seen.status or 'in an unknown state'}, not running"
+
+
+# --- pure core: apps, host checks, timeout ---------------------------------------------------
+
+
+class HealthWatch:
+    """Per-app decisions over rounds of observations. Pure: the shell feeds it values and times.
+
+    A round: `observe`/`unreachable` for each of `to_observe()`, then `end_round(now)`; when it
+    returns True the shell runs the host commands and reports with `host_checks(reason, now)`.
+    `expire()` at the deadline fails whatever is undecided. `done` once every app is decided.
+    """
+
+    def __init__(self, targets: Sequence[Target], settings: HealthSettings) -> None:
+        self.settings = settings
+        self.failed: dict[str, str] = {}
+        self.passed: set[str] = set()
+        self._watches: dict[str, list[tuple[Target, ContainerWatch]]] = {}
+        for target in targets:
+            watch = ContainerWatch(
+                container=target.container, spec=target.spec, stable_for=settings.stable_for
+            )
+            self._watches.setdefault(target.app, []).append((target, watch))
+        self._host_reason: str | None = None  # the last failing host command, if any
+
+    @property
+    def done(self) -> bool:
+        return all(app in self.failed or app in self.passed for app in self._watches)
+
+    def undecided(self) -> list[str]:
+        return [app for app in self._watches if app not in self.failed and app not in self.passed]
+
+    def to_observe(self) -> list[Target]:
+        return [target for app in self.undecided() for target, _ in self._watches[app]]
+
+    def observe(self, target: Target, seen: Observation, now: float) -> Assessment:
+        assessment = self._watch(target).observe(seen, now)
+        self._fail_if_certain(target, assessment)
+        return assessment
+
+    def unreachable(self, target: Target, reason: str) -> Assessment:
+        return self._watch(target).unreachable(reason)
+
+    def end_round(self) -> bool:
+        """Decide the apps this round settled; True when the host commands should run now."""
+        stable = [app for app in self.undecided() if self._all_stable(app)]
+        if not self.settings.commands or self.failed:
+            # No device-level check to wait for (or it is skipped: some app already failed).
+            self.passed.update(stable)
+            return False
+        # Host commands judge the whole device: only once every undecided app is healthy.
+        return bool(stable) and len(stable) == len(self.undecided())
+
+    def host_checks(self, reason: str | None) -> None:
+        """The host commands' result for this round: None = all exited 0."""
+        self._host_reason = reason
+        if reason is None:
+            self.passed.update(self.undecided())
+
+    def expire(self, timeout: float) -> None:
+        """The deadline passed: every undecided app fails with its containers' last reasons."""
+        for app in self.undecided():
+            pending = [
+                f"{watch.container}: {watch.last.reason}"
+                for _, watch in self._watches[app]
+                if watch.last.state is not State.STABLE
+            ]
+            if not pending and self._host_reason is not None:
+                pending = [self._host_reason]
+            self.failed[app] = f"not healthy within {timeout:g} s: " + "; ".join(pending)
+
+    def _watch(self, target: Target) -> ContainerWatch:
+        for known, watch in self._watches[target.app]:
+            if known is target or known == target:
+                return watch
+        raise KeyError(f"{target.app}/{target.container}: not a target of this wait")
+
+    def _all_stable(self, app: str) -> bool:
+        return all(watch.last.state is State.STABLE for _, watch in self._watches[app])
+
+    def _fail_if_certain(self, target: Target, assessment: Assessment) -> None:
+        if assessment.state is State.FAILED and target.app not in self.failed:
+            self.failed[target.app] = f"{target.container}: {assessment.reason}"
+
+
+# --- shell: probes, host commands, the wait loop ---------------------------------------------
+
+
+def wait_healthy(
+    engine: HealthEngine,
+    targets: Sequence[Target],
+    settings: HealthSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    interval: float = 0.25,
+) -> Verdict:
+    """Wait until every app in `targets` is healthy or certainly not, at most `settings.timeout`.
+
+    Probes run one after another each `interval`; each http/tcp probe and host command is bounded
+    (`PROBE_TIMEOUT`, the time left), an `exec` check only by the engine client's own timeout.
+    """
+    started = clock()
+    deadline = started + settings.timeout
+    watch = HealthWatch(targets, settings)
+    while not watch.done:
+        for target in watch.to_observe():
+            _observe(engine, watch, target, clock=clock, deadline=deadline)
+        if watch.end_round():
+            left = max(deadline - clock(), MIN_COMMAND_TIMEOUT)
+            watch.host_checks(run_host_commands(settings.commands, timeout=left))
+        now = clock()
+        if watch.done:
+            break
+        if now >= deadline:
+            watch.expire(settings.timeout)
+            break
+        sleep(min(interval, deadline - now))
+    seconds = clock() - started
+    for app in watch.passed:
+        logs.event(_log, logging.INFO, "health.passed", app=app, seconds=round(seconds, 2))
+    for app, reason in watch.failed.items():
+        logs.event(_log, logging.WARNING, "health.failed", app=app, reason=reason)
+    return Verdict(failed=dict(watch.failed), seconds=seconds)
+
+
+def _observe(
+    engine: HealthEngine,
+    watch: HealthWatch,
+    target: Target,
+    *,
+    clock: Callable[[], float],
+    deadline: float,
+) -> None:
+    try:
+        info = engine.inspect_health(target.container_id)
+    except errors.EngineError as exc:
+        watch.unreachable(target, f"cannot inspect: {exc}")
+        return
+    probe = None
+    if info.status == "running" and target.spec.health is not None:
+        timeout = min(PROBE_TIMEOUT, max(deadline - clock(), 0.1))
+        probe = run_probe(engine, target, timeout=timeout)
+    watch.observe(target, Observation.from_info(info, probe), clock())
+
+
+def run_probe(engine: HealthEngine, target: Target, *, timeout: float) -> ProbeResult | None:
+    """Run the container's http/tcp/exec check once; None for `docker` (inspect carries it)."""
+    check = target.spec.health
+    if check is None or check.kind == "docker":
+        return None
+    if check.kind == "exec":
+        try:
+            code = engine.exec_run(target.container_id, check.command)
+        except errors.EngineError as exc:
+            return ProbeResult(ok=False, detail=f"could not run: {exc}")
+        return ProbeResult(ok=code == 0, detail=f"exited {code}")
+    port = check.port or 0
+    host = probe_host(target.spec, port)
+    if check.kind == "http":
+        return probe_http(host, port, check.path, timeout=timeout)
+    return probe_tcp(host, port, timeout=timeout)
+
+
+def probe_http(host: str, port: int, path: str, *, timeout: float) -> ProbeResult:
+    """GET http://host:port/path; 200..399 passes. No redirects followed, no proxy used."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", _request_path(path), headers={"Connection": "close"})
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return ProbeResult(ok=False, detail=_describe_io_error(exc, timeout))
+    finally:
+        connection.close()
+    return ProbeResult(ok=200 <= status <= 399, detail=f"answered {status}")
+
+
+def probe_tcp(host: str, port: int, *, timeout: float) -> ProbeResult:
+    """Connect, then make sure the connection is not closed at once (see the module docstring)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.settimeout(min(TCP_LINGER, timeout))
+            try:
+                first = connection.recv(1)
+            except TimeoutError:
+                return ProbeResult(ok=True, detail="accepts connections")
+            if first:
+                return ProbeResult(ok=True, detail="accepts connections (sent a greeting)")
+            return ProbeResult(
+                ok=False,
+                detail="connection closed at once (nothing listens behind the published port)",
+            )
+    except OSError as exc:
+        return ProbeResult(ok=False, detail=_describe_io_error(exc, timeout))
+
+
+def run_host_commands(commands: Sequence[Sequence[str]], *, timeout: float) -> str | None:
+    """Run the device-level checks in order, no shell; None when all exit 0, else the reason
+    naming the first that did not (its exit code and the tail of its stderr)."""
+    for argv in commands:
+        failure = _run_host_command(argv, timeout=timeout)
+        if failure is not None:
+            return f"host check {list(argv)!r} {failure}"
+    return None
+
+
+def _run_host_command(argv: Sequence[str], *, timeout: float) -> str | None:
+    try:
+        # Own session, so a timeout kills the command's children too, not just the command.
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"could not start: {exc.strerror or exc}"
+    with process:
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            # A grandchild that left the session could hold stderr open: do not wait on it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=1.0)
+            return f"timed out after {timeout:.1f} s"
+    if process.returncode == 0:
+        return None
+    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] if stderr else []
+    said = f": {tail[0][:_REASON_TAIL]}" if tail else ""
+    return f"exited {process.returncode}{said}"
+
+
+def _describe_io_error(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:.1f} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _request_path(path: str) -> str:
+    return path if path.startswith("/") else f"/{path}"
