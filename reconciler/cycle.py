@@ -21,6 +21,7 @@ from reconciler import (
     backoff,
     desired,
     executor,
+    health,
     logs,
     manifests,
     model,
@@ -50,6 +51,7 @@ _log = logging.getLogger("reconciler.cycle")
 Result = Literal["converged", "unchanged", "failed", "rolled_back"]
 EXIT_CODES: dict[Result, int] = {"converged": 0, "unchanged": 0, "failed": 1, "rolled_back": 3}
 MAX_MANIFEST_BYTES = 1024 * 1024
+CRASH_LOOP_FORGIVEN_AFTER = 600.0  # seconds up after a recreate before back-off starts over
 
 
 class RemoteHeadLike(Protocol):
@@ -183,8 +185,18 @@ class Reconciler:
             )
         except EngineError as exc:
             return self._finish(CycleOutcome("failed", f"engine: {exc}"))
+        # A held-back revision the release no longer pins is history: its manifest changed.
+        pinned = {m.name: m.revision for m in info.manifests.values()}
+        held = tuple(h for h in current.held_back if pinned.get(h.app) == h.revision)
+        if held != current.held_back:
+            current = replace(current, held_back=held)
+            self.store.save(current)
         outcome = self._converge(
-            current, targets, now=now, release_info=info, deselected=deselected
+            current,
+            targets,
+            now=now,
+            release_info=info,
+            deselected=deselected,
         )
         return self._finish(outcome)
 
@@ -201,6 +213,44 @@ class Reconciler:
             message=outcome.message,
         )
         self._save_error(outcome.message if outcome.result in ("failed", "rolled_back") else None)
+        return outcome
+
+    def roll_back_by_hand(self, *, now: datetime | None = None) -> CycleOutcome:
+        """`reconciler rollback`: every app back to the previous good state, from local state.
+
+        The revisions it leaves are held back ("rolled back by hand"), so the next poll does not
+        put them back; a later change of their manifest is applied as usual. Health-checked
+        like any change (an unhealthy previous state is rolled back in turn and reported).
+        """
+        now = now or datetime.now(UTC)
+        current = self._recover(self.store.load())
+        if not current.previous_apps:
+            return CycleOutcome("failed", "no previous state to return to")
+        previous = replace(current, apps=current.previous_apps)
+        targets = self._applied_targets(previous)
+        if len(targets) != len(current.previous_apps):
+            return CycleOutcome(
+                "failed", "the previous state's manifests are missing from state_dir: not touched"
+            )
+        leaving = [a for a in current.apps if a not in current.previous_apps]
+        held = tuple(h for h in current.held_back if h.app not in {a.name for a in leaving})
+        held += tuple(
+            state.HeldBack(
+                app=a.name,
+                revision=a.revision,
+                reason="rolled back by hand",
+                release_version=current.release_version or 0,
+                at=_iso(now),
+            )
+            for a in leaving
+        )
+        start = replace(current, held_back=held)
+        self.store.save(start)
+        gone = {a.name for a in current.apps} - {a.name for a in current.previous_apps}
+        logs.event(_log, logging.WARNING, "rollback.by_hand", apps=sorted(a.name for a in leaving))
+        outcome = self._converge(start, targets, now=now, deselected=gone)
+        if outcome.result in ("converged", "unchanged"):
+            return CycleOutcome("converged", "returned to the previous state", outcome.actions)
         return outcome
 
     def _recover(self, current: state.DeviceState) -> state.DeviceState:
@@ -426,7 +476,8 @@ class Reconciler:
                 release_digest=release.digest(release_info.data),
                 commit=release_info.commit,
             )
-        if not changes:
+        changed_apps = _changed_apps(current.apps, to_apps)
+        if not changes and not changed_apps:
             if moved != current:
                 self._commit(current, moved, targets, now)
                 return CycleOutcome("converged", "state recorded; containers already match")
@@ -440,6 +491,8 @@ class Reconciler:
             commit=moved.commit or "",
             started_at=_iso(now),
         )
+        # Recorded before the engine is touched: a crash from here on is finished or reverted
+        # by the next run (the applied state stays the from-side until the commit below).
         self.store.save(replace(current, pending=pending))
         try:
             executor.apply(self.engine, actions, env_files=env_files)
@@ -447,7 +500,20 @@ class Reconciler:
             self.store.save(current)
             return CycleOutcome("failed", f"nothing was changed: {exc}", tuple(actions))
         except ApplyError as exc:
-            return self._revert(current, moved, exc, now)
+            failed = {exc.app: str(exc)} if exc.app in changed_apps else {}
+            return self._roll_back(
+                current,
+                moved,
+                failed or dict.fromkeys(changed_apps, str(exc)),
+                now=now,
+                cause="apply failed",
+            )
+        if changed_apps:
+            verdict = self._check_health(changed_apps, wanted)
+            if not verdict.healthy:
+                return self._roll_back(
+                    current, moved, verdict.failed, now=now, cause="health check failed"
+                )
         self._count_drift(actions, applied_revisions)
         self._commit(current, moved, targets, now)
         return CycleOutcome("converged", f"{len(changes)} change(s) applied", tuple(actions))
@@ -469,37 +535,109 @@ class Reconciler:
         if final.commit and final.release_version is not None:
             self._metric("set_applied", final.commit, final.release_version)
 
-    def _revert(
+    def _roll_back(
         self,
         current: state.DeviceState,
         moved: state.DeviceState,
-        error: ApplyError,
+        failed: Mapping[str, str],
+        *,
         now: datetime,
+        cause: str,
     ) -> CycleOutcome:
-        """An action failed half way: return every app to the applied state and hold back
-        the revision whose action failed, so the next cycle does not try it again; the other
-        apps of the cycle were only caught up in it and go ahead on the next cycle."""
-        logs.event(_log, logging.ERROR, "apply.failed", error=str(error), action="revert")
+        """Return every app changed in this cycle to its previous revision (manifests from
+        `state_dir`, images still local: no network), hold back the revisions that failed so
+        they are not tried again until their manifest changes, and check the rollback itself.
+        The other changed apps were only caught up in it: they go ahead next cycle."""
         changed = {a.name: a for a in moved.apps if a not in current.apps}
-        failed = [changed[error.app]] if error.app in changed else list(changed.values())
-        held = tuple(h for h in current.held_back if h.app not in changed) + tuple(
+        reasons = "; ".join(f"{app}: {why}" for app, why in sorted(failed.items()))
+        logs.event(_log, logging.ERROR, "rollback.start", cause=cause, failed=reasons)
+        held = tuple(h for h in current.held_back if h.app not in failed) + tuple(
             state.HeldBack(
-                app=a.name,
-                revision=a.revision,
-                reason=str(error),
+                app=app,
+                revision=changed[app].revision,
+                reason=f"{cause}: {why}",
                 release_version=moved.release_version or 0,
                 at=_iso(now),
             )
-            for a in failed
+            for app, why in sorted(failed.items())
+            if app in changed
         )
         reverted = replace(current, held_back=held, pending=None)
-        outcome = self._converge(reverted, self._applied_targets(current), now=now)
-        self.store.save(replace(reverted, last_error=str(error)))
+        previous = self._applied_targets(current)
+        outcome = self._converge(reverted, previous, now=now)
+        message = f"{cause}, rolled back: {reasons}"
         for app in changed:
             self._metric("record_rollback", app)
         if outcome.result == "failed":
-            return CycleOutcome("failed", f"apply failed and the revert failed too: {error}")
-        return CycleOutcome("rolled_back", f"apply failed, reverted: {error}")
+            message = f"{cause} and the rollback failed too: {reasons}; {outcome.message}"
+            self.store.save(replace(self.store.load(), last_error=message))
+            return CycleOutcome("failed", message)
+        back = {t.manifest.name for t in previous} & set(changed)
+        if back:
+            try:
+                wanted = self._desired_of([t for t in previous if t.manifest.name in back])
+            except OSError as exc:  # an env_file vanished: the check itself cannot be built
+                wanted = []
+                logs.event(_log, logging.ERROR, "rollback.unchecked", reason=str(exc))
+            verdict = self._check_health(back, wanted)
+            if not verdict.healthy:
+                # Never a loop between two bad states: the new revision stays held back and
+                # the previous one is left as it is, for a person to look at.
+                bad = "; ".join(f"{a}: {w}" for a, w in sorted(verdict.failed.items()))
+                logs.event(
+                    _log,
+                    logging.CRITICAL,
+                    "rollback.unhealthy",
+                    apps=sorted(verdict.failed),
+                    reason=bad,
+                    action="left as it is; the failed new revision stays held back",
+                )
+                message += f"; the previous state is unhealthy too ({bad}): needs a person"
+        self.store.save(replace(self.store.load(), last_error=message))
+        return CycleOutcome("rolled_back", message)
+
+    def _desired_of(self, targets: Sequence[_Target]) -> list[model.DesiredContainer]:
+        namespace = self.settings.runtime.namespace
+        wanted: list[model.DesiredContainer] = []
+        for target in targets:
+            extra, _values = self._env_files(target.manifest)
+            wanted += desired.containers(
+                target.manifest, images=dict(target.images), namespace=namespace, extra=extra
+            )
+        return wanted
+
+    def _check_health(
+        self, apps: set[str], wanted: Sequence[model.DesiredContainer]
+    ) -> health.Verdict:
+        """Wait for the changed apps' containers to pass their checks (SPEC 3.2 step 6)."""
+        try:
+            observed = self.engine.list_managed()  # type: ignore[attr-defined]
+        except EngineError as exc:
+            return health.Verdict(failed=dict.fromkeys(apps, f"engine: {exc}"), seconds=0.0)
+        by_digest = {(o.app, o.container, o.spec_digest): o for o in observed}
+        targets: list[health.Target] = []
+        missing: dict[str, str] = {}
+        for d in wanted:
+            if d.app not in apps:
+                continue
+            found = by_digest.get((d.app, d.spec.name, d.spec_digest))
+            if found is None:
+                missing.setdefault(d.app, f"container {d.spec.name} is missing after the apply")
+                continue
+            targets.append(health.Target(d.app, d.spec.name, found.id, d.spec))
+        logs.event(_log, logging.INFO, "health.wait", apps=sorted(apps))
+        verdict = health.wait_healthy(self.engine, targets, self.settings.health)  # type: ignore[arg-type]
+        failed = {**verdict.failed, **missing}
+        level = logging.INFO if not failed else logging.ERROR
+        logs.event(
+            _log,
+            level,
+            "health.done",
+            healthy=not failed,
+            seconds=round(verdict.seconds, 2),
+            failed=failed or None,
+        )
+        return health.Verdict(failed=failed, seconds=verdict.seconds)
 
     def _dropped(self, current: state.DeviceState, info: _ReadRelease | None) -> set[str]:
         """Applied apps a verified release no longer lists: only these may be pruned."""
@@ -531,9 +669,13 @@ class Reconciler:
         now: datetime,
     ) -> list[model.Action]:
         """A container that keeps dying is recreated with exponential back-off, not every cycle."""
+        # Forgiven only after running well past its last recreate: a container that dies a
+        # few seconds after each start is running at some polls and must stay backed off.
         running = {(o.app, o.container) for o in observed if o.status == "running"}
         for key in running:
-            self._crash_loops.pop(key, None)
+            last = self._crash_loops.get(key, (0, 0.0))[1]
+            if now.timestamp() - last > CRASH_LOOP_FORGIVEN_AFTER:
+                self._crash_loops.pop(key, None)
         kept = []
         for action in actions:
             key = (action.app, action.container)
@@ -601,3 +743,12 @@ class Reconciler:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _changed_apps(
+    before: Sequence[state.AppliedApp], after: Sequence[state.AppliedApp]
+) -> set[str]:
+    """Apps whose revision or images this cycle changes (new apps included): the ones that
+    must prove healthy. Removed apps and drift repairs are not changes of an app."""
+    old = {a.name: a for a in before}
+    return {a.name for a in after if old.get(a.name) != a}

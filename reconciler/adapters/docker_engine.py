@@ -388,6 +388,12 @@ class DockerEngine:
         """Swap `old` for `desired` with the shortest outage: create the new container under a
         temporary name first, then stop old and start new back to back, then remove old and
         rename new. If the new one fails to start, it is removed and old is started again."""
+        final = tr.container_name(self.namespace, desired.app, desired.spec.name)
+        if old.name != final:
+            # `old` is a replacement left by a crash before its rename: the temporary name is
+            # the one a new replacement would take. Nothing better to keep: start afresh.
+            self.remove_container(old, stop_timeout=stop_timeout)
+            return self.create_and_start(desired, env_file_values=env_file_values)
         attrs = self._inspect_ours(old.id, f"replace container {old.name}")
         was_running = bool((attrs.get("State") or {}).get("Running"))
         new_id = self.create(desired, env_file_values=env_file_values, temporary_name=True)
@@ -403,7 +409,6 @@ class DockerEngine:
             raise
         self._forget_reused_address(attrs, new_id)
         self._remove(old.id)
-        final = tr.container_name(self.namespace, desired.app, desired.spec.name)
         with self._boundary(f"rename container {new_id[:12]} to {final}"):
             self._api.rename(new_id, final)
         return new_id
