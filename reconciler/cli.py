@@ -16,6 +16,7 @@ from reconciler import __version__, durations
 from reconciler.errors import ProblemsError
 
 if TYPE_CHECKING:
+    from reconciler.cycle import CycleOutcome, Reconciler
     from reconciler.settings import DeviceSettings
 
 EXIT_OK = 0
@@ -107,12 +108,20 @@ def _add_device_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
         example="reconciler sync --config /etc/reconciler/config.yaml",
         handler=_sync,
     )
-    for parser in (run, once, status, sync):
+    rollback = _verb(
+        verbs,
+        "rollback",
+        help_text="Return every app to the previous good state by hand (the revisions left are "
+        "held back until their manifest changes). With a daemon running, it does it.",
+        example="reconciler rollback --config /etc/reconciler/config.yaml",
+        handler=_rollback,
+    )
+    for parser in (run, once, status, sync, rollback):
         parser.add_argument(
             "--config",
             help="device config (default: $RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
         )
-    for parser in (run, once):
+    for parser in (run, once, rollback):
         parser.add_argument(
             "--log-level", default="info", choices=("debug", "info", "warning", "error")
         )
@@ -135,11 +144,15 @@ def _device_settings(args: argparse.Namespace, verb: str) -> tuple[str, DeviceSe
         return EXIT_CONFIG
 
 
-def _once(args: argparse.Namespace) -> int:
+def _on_device(
+    args: argparse.Namespace, verb: str, act: Callable[[Reconciler], CycleOutcome]
+) -> CycleOutcome | int:
+    """Load the config, take the state lock, open the adapters and `act`; an exit code when
+    any of that fails (StateLocked propagates: `rollback` hands over to a running daemon)."""
     from reconciler import device, logs
-    from reconciler.state import StateError, StateLocked, StateStore
+    from reconciler.state import StateError, StateStore
 
-    loaded = _device_settings(args, "once")
+    loaded = _device_settings(args, verb)
     if isinstance(loaded, int):
         return loaded
     _path, device_settings = loaded
@@ -149,10 +162,22 @@ def _once(args: argparse.Namespace) -> int:
             StateStore(device_settings.state_dir).lock(),
             device.open_device(device_settings) as dev,
         ):
-            outcome = dev.reconciler.cycle()
-    except (StateLocked, StateError, OSError) as exc:
+            return act(dev.reconciler)
+    except (StateError, OSError) as exc:
+        print(f"{verb}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _once(args: argparse.Namespace) -> int:
+    from reconciler.state import StateLocked
+
+    try:
+        outcome = _on_device(args, "once", lambda r: r.cycle())
+    except StateLocked as exc:
         print(f"once: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if isinstance(outcome, int):
+        return outcome
     print(f"{outcome.result}: {outcome.message}")
     return outcome.exit_code
 
@@ -214,6 +239,28 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(status.render(doc)))
     return EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from reconciler import daemon
+    from reconciler.state import StateLocked
+
+    try:
+        outcome = _on_device(args, "rollback", lambda r: r.roll_back_by_hand())
+    except StateLocked:
+        loaded = _device_settings(args, "rollback")
+        if isinstance(loaded, int):
+            return loaded
+        problem = daemon.request_rollback(loaded[1].state_dir)
+        if problem:
+            print(f"rollback: {problem}", file=sys.stderr)
+            return EXIT_FAILED
+        print("rollback: asked the running daemon to roll back; see reconciler status")
+        return EXIT_OK
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{outcome.result}: {outcome.message}")
+    return EXIT_OK if outcome.result == "converged" else EXIT_FAILED
 
 
 def _sync(args: argparse.Namespace) -> int:

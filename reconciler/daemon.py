@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from reconciler import backoff, device, logs, settings, state
+from reconciler import backoff, device, logs, sdnotify, settings, state
 from reconciler.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("reconciler.daemon")
 
 PID_FILE = "daemon.pid"  # in state_dir: where `reconciler sync` finds the daemon
+ROLLBACK_REQUEST = "rollback.request"  # in state_dir: `reconciler rollback` while we run
 SYNC_SIGNAL = signal.SIGUSR1
 MAX_BACKOFF_FACTOR = 5  # while the fleet repo is unreachable, wait up to 5 poll intervals
 
@@ -121,6 +122,7 @@ def run(config_path: str, device_settings: settings.DeviceSettings) -> int:
             watcher.stop()
             if server is not None:
                 server.shutdown()
+    sdnotify.notify("STOPPING=1")
     logs.event(_log, logging.INFO, "daemon.stop")
     return 0
 
@@ -135,15 +137,24 @@ def _loop(
     """Cycle, sleep, repeat. The adapters and the Reconciler (its release cache and crash-loop
     back-off) live across cycles and are rebuilt only when the settings change."""
     reason = "start"
+    ready = False
     while not wakeups.stop:
         with device.open_device(current, metrics=metrics) as dev:
             while not wakeups.stop:
+                request = Path(current.state_dir) / ROLLBACK_REQUEST
+                if request.exists():
+                    logs.event(_log, logging.WARNING, "rollback.requested")
+                    dev.reconciler.roll_back_by_hand()
+                    request.unlink(missing_ok=True)
                 logs.event(_log, logging.INFO, "cycle.start", trigger=reason)
                 dev.reconciler.cycle()
+                if not ready:  # systemd: started once the first cycle is over, good or bad
+                    sdnotify.notify("READY=1")
+                    ready = True
                 if current.metrics.pushgateway:
                     grouping = {"device": current.device.name}
                     metrics.push(current.metrics.pushgateway, "reconciler", grouping)
-                wakeups.sleep(_next_wait(current, dev.reconciler.fetch_failures))
+                _sleep_with_watchdog(wakeups, _next_wait(current, dev.reconciler.fetch_failures))
                 if wakeups.stop:
                     return
                 reason, reload = wakeups.take()
@@ -153,6 +164,23 @@ def _loop(
                         current = fresh
                         watcher.update(current)
                         break  # rebuild the adapters on the new settings
+
+
+def _sleep_with_watchdog(wakeups: Wakeups, seconds: float) -> None:
+    """Sleep like `wakeups.sleep`, pinging systemd's watchdog often enough on the way: a loop
+    that stops pinging (hung in a cycle) gets restarted."""
+    interval = sdnotify.watchdog_interval()
+    sdnotify.notify("WATCHDOG=1")
+    if interval is None:
+        wakeups.sleep(seconds)
+        return
+    deadline = time.monotonic() + seconds
+    while not (wakeups.reason or wakeups.stop):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        wakeups.sleep(min(left, interval))
+        sdnotify.notify("WATCHDOG=1")
 
 
 def _next_wait(current: settings.DeviceSettings, fetch_failures: int) -> float:
@@ -293,6 +321,16 @@ class _Watcher:
             if changed == root or root in changed.parents:
                 return kind
         return None
+
+
+def request_rollback(state_dir: str) -> str | None:
+    """Ask the daemon of `state_dir` to roll back by hand before its next cycle."""
+    request = Path(state_dir) / ROLLBACK_REQUEST
+    request.write_text("rollback\n", encoding="ascii")
+    problem = send_sync(state_dir)
+    if problem:
+        request.unlink(missing_ok=True)
+    return problem
 
 
 def send_sync(state_dir: str) -> str | None:
