@@ -18,14 +18,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import docker
 import yaml
 
-from reconciler import release, repo_verbs
+from reconciler import model, release, repo_verbs
 from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
 from tests.infra.registry import free_port
 
-__all__ = ["DeviceLab", "LabSigner", "Run", "app_manifest", "http_get", "log_events"]
+__all__ = [
+    "DeviceLab",
+    "LabSigner",
+    "Run",
+    "app_manifest",
+    "container_actions",
+    "http_get",
+    "log_events",
+    "managed",
+    "metric",
+    "scrape",
+]
 
 
 def app_manifest(
@@ -134,6 +147,8 @@ class DeviceLab:
             "trust": self.trust(),
             "runtime": {"docker_host": self.docker_host, "namespace": self.namespace},
             "policy": {"allowed_host_paths": [str(self.root)], **self.policy},
+            # Every changed app must then stay up for stable_for: 1 s keeps the tests quick.
+            "health": {"timeout": "30s", "stable_for": "1s"},
             "state_dir": str(self.state_dir),
             "metrics": {"listen": self.metrics_listen},
         }
@@ -198,3 +213,38 @@ def log_events(stderr: str) -> list[dict[str, object]]:
         if line.startswith("{"):
             records.append(json.loads(line))
     return records
+
+
+def managed(client: docker.DockerClient, namespace: str) -> list[Any]:
+    """The engine's containers labelled with `namespace`, running or not."""
+    label = f"{model.LABEL_NAMESPACE}={namespace}"
+    return client.containers.list(all=True, filters={"label": label})
+
+
+def container_actions(client: docker.DockerClient, namespace: str, since: float) -> list[str]:
+    """The engine's container event actions for `namespace` since `since` (Unix time)."""
+    until = time.time() + 0.5
+    stream = client.events(
+        since=int(since),
+        until=int(until) + 1,
+        decode=True,
+        filters={"type": "container", "label": f"{model.LABEL_NAMESPACE}={namespace}"},
+    )
+    return [e["Action"] for e in stream if e.get("timeNano", 0) >= since * 1e9]
+
+
+def scrape(lab: DeviceLab) -> str:
+    """The daemon's metrics exposition, or "" while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{lab.metrics_listen}/metrics", timeout=2) as reply:
+            return reply.read().decode()
+    except OSError:
+        return ""
+
+
+def metric(text: str, series: str) -> float:
+    """The sample of `series` (name with labels) in an exposition, 0 when absent."""
+    for line in text.splitlines():
+        if line.split(" ")[0] == series:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -12,9 +12,19 @@ import pytest
 from reconciler import model
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, app_manifest, http_get, log_events
+from tests.integration.device_lab import (
+    DeviceLab,
+    app_manifest,
+    container_actions,
+    http_get,
+    log_events,
+    managed,
+)
 
 pytestmark = pytest.mark.docker
+
+# Event actions that only read a container; anything else is a write.
+READING = {"exec_create", "exec_start", "exec_die", "top", "attach", "resize"}
 
 
 @pytest.fixture
@@ -37,30 +47,6 @@ def web(image: str, port: int, **fields: object) -> dict[str, object]:
     return {"name": "web", "image": image, "ports": [f"127.0.0.1:{port}:80"], **fields}
 
 
-def managed(
-    client: docker.DockerClient, namespace: str
-) -> list[docker.models.containers.Container]:
-    label = f"{model.LABEL_NAMESPACE}={namespace}"
-    return client.containers.list(all=True, filters={"label": label})
-
-
-def writing_events(client: docker.DockerClient, namespace: str, since: float) -> list[str]:
-    """Engine events that change a container of `namespace` since `since` (Unix time)."""
-    until = time.time() + 0.5
-    stream = client.events(
-        since=int(since),
-        until=int(until) + 1,
-        decode=True,
-        filters={"type": "container", "label": f"{model.LABEL_NAMESPACE}={namespace}"},
-    )
-    reading = {"exec_create", "exec_start", "exec_die", "top", "attach", "resize"}
-    return [
-        e["Action"]
-        for e in stream
-        if e.get("Action") not in reading and e.get("timeNano", 0) >= since * 1e9
-    ]
-
-
 def test_first_apply_serves_the_app_and_a_second_cycle_changes_nothing(
     lab: DeviceLab, web_images: dict[str, str], docker_client: docker.DockerClient
 ):
@@ -79,7 +65,8 @@ def test_first_apply_serves_the_app_and_a_second_cycle_changes_nothing(
     second = lab.once()
     assert second.code == 0, second.err
     assert second.out.startswith("unchanged")
-    assert writing_events(docker_client, lab.namespace, before) == []
+    actions = container_actions(docker_client, lab.namespace, before)
+    assert [a for a in actions if a not in READING] == []
     assert [c.id for c in managed(docker_client, lab.namespace)] == [container.id]
 
 

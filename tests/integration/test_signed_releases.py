@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,14 @@ import pytest
 from reconciler import lab_ca, model, release
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest, http_get
+from tests.integration.device_lab import (
+    DeviceLab,
+    LabSigner,
+    app_manifest,
+    http_get,
+    metric,
+    scrape,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -265,10 +271,10 @@ def test_each_refusal_is_counted_by_reason_in_the_metrics(device: Device):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             text = scrape(lab)
-            refused = value(
+            refused = metric(
                 text, 'reconciler_verification_failures_total{reason="invalid_signature"}'
             )
-            if refused and value(text, "reconciler_release_version") == 1:  # cycle fully done
+            if refused and metric(text, "reconciler_release_version") == 1:  # cycle fully done
                 break
             time.sleep(0.2)
         else:
@@ -282,8 +288,8 @@ def test_each_refusal_is_counted_by_reason_in_the_metrics(device: Device):
         assert lab.cli("sync").code == 0
         while time.monotonic() < deadline + 60:
             text = scrape(lab)
-            expired = value(text, 'reconciler_verification_failures_total{reason="expired"}')
-            if value(text, "reconciler_release_expired") == 1 and expired:
+            expired = metric(text, 'reconciler_verification_failures_total{reason="expired"}')
+            if metric(text, "reconciler_release_expired") == 1 and expired:
                 break
             time.sleep(0.2)
         else:
@@ -292,22 +298,6 @@ def test_each_refusal_is_counted_by_reason_in_the_metrics(device: Device):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     assert device.snapshot() == device.before
-
-
-def value(text: str, series: str) -> float:
-    """The sample of `series` (name with labels) in an exposition, 0 when absent."""
-    for line in text.splitlines():
-        if line.split(" ")[0] == series:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def scrape(lab: DeviceLab) -> str:
-    try:
-        with urllib.request.urlopen(f"http://{lab.metrics_listen}/metrics", timeout=2) as reply:
-            return reply.read().decode()
-    except OSError:
-        return ""
 
 
 @pytest.fixture(autouse=True)

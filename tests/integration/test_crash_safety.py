@@ -1,0 +1,162 @@
+"""Crash safety (SPEC 3.2): `reconciler once` killed with SIGKILL at 50+ moments spread over pull,
+stop, create, start, health wait and rollback, then run again. Every time the managed containers
+must equal exactly one described state (the one before or the one aimed for) and state.json must
+be valid and agree with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from reconciler import model, state
+from tests.cli.conftest import CONSOLE_SCRIPT
+from tests.infra.images import ImageFactory
+from tests.infra.registry import LocalRegistry
+from tests.integration.device_lab import DeviceLab, app_manifest
+
+pytestmark = pytest.mark.docker
+
+KILLS = 52  # at least 50 moments
+BAD_EVERY = 3  # every third change is unhealthy, so kills also land in a rollback
+
+Containers = tuple[tuple[str, str, str, str], ...]  # (app, container, revision, image)
+
+
+@pytest.fixture(scope="module")
+def refs(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
+    out = {}
+    for name, local in {
+        "a": images.httpd("cs-web-a", "crash a"),
+        "b": images.httpd("cs-web-b", "crash b"),
+        "side": images.sleeper("cs-side"),
+        "exits": images.exits("cs-exits", code=2),
+    }.items():
+        registry.push(local, f"cs/{name}:1")
+        out[name] = f"{registry.address}/cs/{name}:1"
+    return out
+
+
+def observed(client: docker.DockerClient, namespace: str) -> Containers:
+    label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
+    return tuple(
+        sorted(
+            (
+                c.labels[model.LABEL_APP],
+                c.labels[model.LABEL_CONTAINER],
+                c.labels[model.LABEL_REVISION],
+                c.attrs["Config"]["Image"],
+            )
+            for c in client.containers.list(all=True, filters=label)
+        )
+    )
+
+
+def all_running(client: docker.DockerClient, namespace: str) -> bool:
+    label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
+    return all(c.status == "running" for c in client.containers.list(all=True, filters=label))
+
+
+def saved_apps(lab: DeviceLab) -> tuple[tuple[str, str], ...]:
+    saved = state.from_json((lab.state_dir / "state.json").read_bytes())
+    assert saved.pending is None
+    return tuple(sorted((a.name, a.revision) for a in saved.apps))
+
+
+def run_once(lab: DeviceLab, *, kill_after: float | None = None) -> tuple[int, float]:
+    """Run `reconciler once`; with `kill_after`, SIGKILL it then (its whole process group).
+    Its output goes to `once.log` in the lab, for the failure message."""
+    started = time.monotonic()
+    with (lab.root / "once.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "once", "--config", str(lab.config_path)],
+            env=lab.env(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        if kill_after is not None:
+            try:
+                process.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        code = process.wait(timeout=180)
+    return code, time.monotonic() - started
+
+
+def test_sigkill_at_any_moment_leaves_one_described_state(
+    tmp_path: Path,
+    docker_host: str,
+    namespace: str,
+    refs: dict[str, str],
+    docker_client: docker.DockerClient,
+):
+    lab = DeviceLab(tmp_path, docker_host=docker_host, namespace=namespace)
+    lab.write_config(health={"timeout": "4s", "stable_for": "0.5s"})
+    port = lab.free_port()
+
+    def release(step: int, *, bad: bool) -> None:
+        image = "exits" if bad else ("a" if step % 2 else "b")
+        web = {
+            "name": "web",
+            "image": refs[image],
+            "ports": [f"127.0.0.1:{port}:80"],
+            "env": {"STEP": str(step)},  # a new revision every step: never a held-back one
+            "restart": "no" if bad else "unless-stopped",
+        }
+        side = {"name": "side", "image": refs["side"], "env": {"STEP": str(step)}}
+        lab.publish({"web": app_manifest("web", [web, side])}, message=f"step {step}")
+
+    release(0, bad=False)
+    code, _ = run_once(lab)
+    assert code == 0
+    before = observed(docker_client, namespace)
+
+    # How long an uninterrupted good change and a bad one (with its rollback) take here.
+    release(1, bad=False)
+    code, good_seconds = run_once(lab)
+    assert code == 0
+    before = observed(docker_client, namespace)
+    release(2, bad=True)
+    code, bad_seconds = run_once(lab)
+    assert code == 3
+    assert observed(docker_client, namespace) == before
+
+    outcomes = []
+    for kill in range(KILLS):
+        step = kill + 3
+        bad = kill % BAD_EVERY == BAD_EVERY - 1
+        release(step, bad=bad)
+        span = bad_seconds if bad else good_seconds
+        # Spread evenly over the whole run, from process start to its last step.
+        index = kill // BAD_EVERY if bad else kill - kill // BAD_EVERY
+        count = KILLS // BAD_EVERY if bad else KILLS - KILLS // BAD_EVERY
+        moment = span * (index + 0.5) / count
+        first_code, _ = run_once(lab, kill_after=moment)
+        second_code, _ = run_once(lab)  # finishes or reverts the interrupted cycle
+
+        now = observed(docker_client, namespace)
+        if bad:
+            # Rolled back (by the killed run or the second one), or already reverted: the state
+            # before. The second run may also find the revision held back and change nothing.
+            assert now == before, (kill, moment, now, before)
+            assert second_code in (0, 3), (kill, moment, second_code)
+        else:
+            assert second_code == 0, (kill, moment, (lab.root / "once.log").read_text())
+            assert len(now) == 2 and all(c[2] != b[2] for c, b in zip(now, before, strict=True))
+            assert {c[2] for c in now} == {dict(saved_apps(lab))["web"]}
+        assert all_running(docker_client, namespace), (kill, moment)
+        assert saved_apps(lab) == tuple(sorted({(c[0], c[2]) for c in now}))
+        json.loads((lab.state_dir / "state.json").read_text())  # valid JSON, parseable state
+        outcomes.append((round(moment, 2), first_code))
+        before = now
+
+    killed = [m for m, code in outcomes if code == -signal.SIGKILL]
+    assert len(killed) >= 40, f"too few runs were really killed mid-way: {outcomes}"
