@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -198,6 +199,40 @@ class Bench:
             server.stop()
         return timings
 
+    # --- 5. failure known -> previous state serving again ------------------------------------
+
+    def rollback_recovery(self) -> list[float]:
+        """From the moment the health step knows a change failed (its `health.failed` log
+        record) to the first answer of the previous containers, for an image that exits."""
+        lab = self.lab("rollback")
+        port = lab.free_port()
+        check = {"http": {"port": port, "path": "/index.html"}}
+        web = {
+            "name": "web",
+            "image": self.refs["v1"],
+            "ports": [f"127.0.0.1:{port}:80"],
+            "health": check,
+        }
+        lab.publish({"web": app_manifest("web", [web])})
+        assert lab.once().code == 0
+        exits = self.images.exits("bench-exits", code=1)
+        self.registry.push(exits, "bench/exits:1")
+        spans = []
+        for run in range(self.runs):
+            broken = {**web, "image": f"{self.registry.address}/bench/exits:1", "restart": "no"}
+            broken["env"] = {"RUN": str(run)}  # a new revision each run: never held back yet
+            lab.publish({"web": app_manifest("web", [broken])})
+            with serving_since(port) as first_answer_after:
+                result = lab.once()
+            assert result.code == 3, result.err
+            failed_at = next(
+                datetime.fromisoformat(r["ts"]).timestamp()
+                for r in map(json.loads, filter(None, result.err.splitlines()))
+                if r.get("event") == "health.failed"
+            )
+            spans.append(first_answer_after(failed_at))
+        return spans
+
     # --- 4. no answer during an update --------------------------------------------------------
 
     def downtime(self) -> list[float]:
@@ -251,6 +286,32 @@ def probe(port: int) -> Iterator[Callable[[], float]]:
         thread.join(timeout=5)
 
 
+@contextlib.contextmanager
+def serving_since(port: int) -> Iterator[Callable[[float], float]]:
+    """Records the wall time of every answer on the port (polled every 5 ms); yields a function
+    giving, for a moment, the seconds from it to the first answer after it."""
+    stop = threading.Event()
+    answers: list[float] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.1) as reply:
+                    reply.read()
+                answers.append(time.time())
+            except OSError:
+                pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield lambda moment: next(t for t in answers if t >= moment) - moment
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def cycles_done(lab: DeviceLab) -> int:
     try:
         with urllib.request.urlopen(f"http://{lab.metrics_listen}/metrics", timeout=2) as reply:
@@ -286,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-100", action="store_true", help="skip the 100-app cycle")
     parser.add_argument(
         "--only",
-        default="cycle,rss,latency,downtime",
-        help="comma-separated parts to run (default: all): cycle, rss, latency, downtime",
+        default="cycle,rss,latency,downtime,rollback",
+        help="comma-separated parts (default: all): cycle, rss, latency, downtime, rollback",
     )
     args = parser.parse_args(argv)
     logs.setup(level="error")  # the in-process cycles would warn about the unsigned lab release
@@ -315,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"commit -> new content served (with sync): {served}", flush=True)
         if "downtime" in parts:
             print(f"no answer during an image update: {median_ms(bench.downtime())} (longest gap)")
+        if "rollback" in parts:
+            recovery = median_ms(bench.rollback_recovery())
+            print(f"failure known -> previous containers serving again: {recovery}")
     finally:
         bench.close()
     return 0
