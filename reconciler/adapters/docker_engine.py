@@ -63,6 +63,9 @@ ProgressFn = Callable[[str], None]
 HealthInfo = tr.HealthInfo
 
 
+EXEC_TIMEOUT = 10.0  # an exec health check that takes longer has failed this probe
+
+
 class DockerEngine:
     """One engine, one namespace. The client connects lazily, on the first call."""
 
@@ -162,20 +165,29 @@ class DockerEngine:
         with self._boundary(f"inspect container {container_id[:12]}"):
             return tr.health_info(self._api.inspect_container(container_id))
 
-    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int:
-        """Run `cmd` inside the container until it exits; its exit code (output is dropped)."""
+    def exec_run(
+        self, container_id: str, cmd: Sequence[str], *, timeout: float = EXEC_TIMEOUT
+    ) -> int:
+        """Run `cmd` inside the container; its exit code. Detached, so output cannot block us;
+        polled until it exits or `timeout` passes (then EngineError: the engine has no way to
+        kill an exec, so a hung one is left to the container)."""
         doing = f"exec {list(cmd)!r} in container {container_id[:12]}"
+        deadline = time.monotonic() + timeout
         with self._boundary(doing):
-            exec_id = self._api.exec_create(container_id, list(cmd))["Id"]
-            # Attached and read to the end: without attached streams exec_start returns at
-            # once; not streamed, so the SDK closes the connection. The output is dropped.
-            self._api.exec_start(exec_id)
-            for _ in range(100):  # the exit code is recorded just after the stream closes
+            exec_id = self._api.exec_create(container_id, list(cmd), stdout=False, stderr=False)[
+                "Id"
+            ]
+            self._api.exec_start(exec_id, detach=True)
+            while True:
                 info = self._api.exec_inspect(exec_id)
                 if not info.get("Running") and info.get("ExitCode") is not None:
                     return int(info["ExitCode"])
-                time.sleep(0.01)
-        raise errors.EngineError(f"docker engine ({self._where}): {doing}: no exit code reported")
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        raise errors.EngineError(
+            f"docker engine ({self._where}): {doing}: still running after {timeout:.0f} s"
+        )
 
     # --- images ---------------------------------------------------------------------------
 

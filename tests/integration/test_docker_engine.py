@@ -365,3 +365,16 @@ def test_listing_an_unchanged_set_of_running_containers_is_fast(
     with capsys.disabled():
         print(f"\nlist_managed with {count} running containers: {median * 1000:.1f} ms (median)")
     assert median < 0.5
+
+
+def test_an_exec_returns_its_exit_code_and_a_hung_one_is_given_up_at_its_timeout(
+    engine, images, namespace
+):
+    spec = model.ContainerSpec(name="box", image=images.sleeper("exec-box"))
+    cid = engine.create_and_start(want(spec, namespace=namespace))
+    assert engine.exec_run(cid, ["sh", "-c", "exit 7"]) == 7
+    assert engine.exec_run(cid, ["sh", "-c", "yes > /dev/stdout | head -c 100000000"]) == 0
+    started = time.monotonic()
+    with pytest.raises(errors.EngineError, match="still running after"):
+        engine.exec_run(cid, ["sleep", "30"], timeout=0.5)
+    assert time.monotonic() - started < 5
