@@ -314,6 +314,12 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     release.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
     release.add_argument("--no-sign", action="store_true", help="write the file only")
     release.add_argument(
+        "--resolve-images",
+        action="store_true",
+        help="pin each tagged image to its current digest (asks the registry through the "
+        "local engine); devices then pull by digest",
+    )
+    release.add_argument(
         "--lab-ca", metavar="DIR", help="sign with a lab CA (see lab-ca init), not sigstore"
     )
     release.add_argument("--identity", help="with --lab-ca: the signer identity (URI or email)")
@@ -386,8 +392,21 @@ def _release(args: argparse.Namespace) -> int:
     root = Path(args.repo)
     from reconciler import release, trust_verbs
 
+    images = None
+    if args.resolve_images:
+        from reconciler import image_pins
+
+        try:
+            images = image_pins.resolve(root)
+        except ProblemsError as exc:
+            for problem in exc.problems:
+                print(f"release: {problem}", file=sys.stderr)
+            print("release: nothing written", file=sys.stderr)
+            return EXIT_FAILED
+        for line in image_pins.describe(images):
+            print(f"pinned: {line}", file=sys.stderr)
     previous = trust_verbs.read_if_present(root / release.RELEASE_PATH)
-    code, data = repo_verbs.write_release(root, expires_in=expires_in)
+    code, data = repo_verbs.write_release(root, expires_in=expires_in, images=images)
     if code != EXIT_OK or data is None:
         return code
     if args.no_sign:

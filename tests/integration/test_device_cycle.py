@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ import docker
 import pytest
 
 from reconciler import model
+from tests.cli.conftest import CONSOLE_SCRIPT
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
 from tests.integration.device_lab import (
@@ -317,3 +320,33 @@ def _remove_volumes(namespace: str, docker_client: docker.DockerClient) -> Itera
         filters={"label": f"{model.LABEL_NAMESPACE}={namespace}"}
     ):
         volume.remove(force=True)
+
+
+def test_a_release_with_resolved_images_makes_the_device_pull_by_digest(
+    lab: DeviceLab,
+    web_images: dict[str, str],
+    docker_client: docker.DockerClient,
+    docker_host: str,
+):
+    port = lab.free_port()
+    lab.fleet.write("apps/web/app.yaml", app_manifest("web", [web(web_images["v1"], port)]))
+    lab.fleet.commit("web")
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "release", str(lab.fleet.root), "--no-sign", "--resolve-images"],
+        capture_output=True,
+        check=False,
+        env={**lab.env(), "DOCKER_HOST": docker_host},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    pinned = json.loads((lab.fleet.root / ".fleet/release.json").read_bytes())
+    ref = pinned["apps"]["apps/web/app.yaml"]["images"]["web"]
+    assert ref.startswith(web_images["v1"].rsplit(":", 1)[0] + "@sha256:")
+    lab.fleet.commit("release")
+
+    run = lab.once()
+
+    assert run.code == 0, run.err
+    (container,) = managed(docker_client, lab.namespace)
+    assert container.attrs["Config"]["Image"] == ref
+    assert http_get(port) == "hello v1"

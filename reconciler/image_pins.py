@@ -1,0 +1,78 @@
+"""`release --resolve-images`: pin every tagged image of the checkout to its current digest.
+
+Shell: asks a registry, through the local container engine (the docker SDK's distribution API,
+with the engine client's usual credentials), which digest each tag names now, so the signed
+release makes devices pull exactly those bytes (`repo@sha256:...`) even if the tag moves later.
+Images already given by digest are kept as they are. A tag that cannot be resolved is an error
+naming the file, container and reason: a release must not silently fall back to a moving tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from reconciler import checkout, manifests
+from reconciler.errors import Problem, ProblemsError
+
+Resolver = Callable[[str], str]  # image ref -> "sha256:..." digest
+
+
+def resolve(root: Path, *, resolver: Resolver | None = None) -> dict[str, dict[str, str]]:
+    """{manifest path: {container: repo@digest}} for every valid manifest of the checkout.
+
+    Invalid manifests are skipped here: `release` reports them with every other problem.
+    """
+    lookup = resolver or engine_resolver()
+    files, _problems = checkout.manifest_files(root)
+    pins: dict[str, dict[str, str]] = {}
+    problems: list[Problem] = []
+    cache: dict[str, str] = {}
+    for path, data in sorted(files.items()):
+        try:
+            manifest = manifests.parse(data, path=path)
+        except ProblemsError:
+            continue
+        for i, container in enumerate(manifest.containers):
+            image = container.image
+            if "@sha256:" in image:
+                continue
+            try:
+                digest = cache[image] if image in cache else lookup(image)
+            except Exception as exc:  # any registry or engine failure is reported
+                problems.append(
+                    Problem(path, f"spec.containers[{i}].image", f"cannot resolve {image}: {exc}")
+                )
+                continue
+            cache[image] = digest
+            pins.setdefault(path, {})[container.name] = f"{_repository(image)}@{digest}"
+    if problems:
+        raise ProblemsError(problems)
+    return pins
+
+
+def engine_resolver() -> Resolver:
+    """Digests through the local engine (DOCKER_HOST or the default socket)."""
+    import docker
+
+    client = docker.from_env(timeout=60)
+
+    def digest(image: str) -> str:
+        found = str(client.images.get_registry_data(image).id)
+        if not found.startswith("sha256:"):
+            raise ValueError(f"the registry gave no sha256 digest (got {found!r})")
+        return found
+
+    return digest
+
+
+def _repository(image: str) -> str:
+    slash = image.rfind("/")
+    colon = image.rfind(":")
+    return image[:colon] if colon > slash else image
+
+
+def describe(pins: Mapping[str, Mapping[str, str]]) -> list[str]:
+    return [
+        f"{path}: {c} -> {ref}" for path, refs in sorted(pins.items()) for c, ref in refs.items()
+    ]
