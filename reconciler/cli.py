@@ -322,8 +322,14 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     release.add_argument(
         "--lab-ca", metavar="DIR", help="sign with a lab CA (see lab-ca init), not sigstore"
     )
-    release.add_argument("--identity", help="with --lab-ca: the signer identity (URI or email)")
-    release.add_argument("--issuer", help="with --lab-ca: the OIDC issuer in the certificate")
+    release.add_argument(
+        "--identity",
+        help="signer identity (URI or email): with --lab-ca the one to sign as; in CI the one "
+        "the certificate must carry (a mismatch fails the release)",
+    )
+    release.add_argument(
+        "--issuer", help="OIDC issuer in the certificate, like --identity (sign as / check)"
+    )
 
     verify = _verb(
         verbs,

@@ -43,6 +43,7 @@ Podman (its Docker-compatible socket, e.g. `unix:///run/podman/podman.sock`), fr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -62,6 +63,8 @@ from reconciler.adapters import docker_translate as tr
 ProgressFn = Callable[[str], None]
 HealthInfo = tr.HealthInfo
 
+
+_log = logging.getLogger("reconciler.engine")
 
 EXEC_TIMEOUT = 10.0  # an exec health check that takes longer has failed this probe
 
@@ -421,8 +424,14 @@ class DockerEngine:
             raise
         self._forget_reused_address(attrs, new_id)
         self._remove(old.id)
-        with self._boundary(f"rename container {new_id[:12]} to {final}"):
-            self._api.rename(new_id, final)
+        try:
+            with self._boundary(f"rename container {new_id[:12]} to {final}"):
+                self._api.rename(new_id, final)
+        except errors.EngineError as exc:
+            # Docker 20.10 refuses to rename a container that is restarting ("sandbox not
+            # found"). The swap itself is done: the container runs under its temporary name
+            # and the next replace starts afresh from it; the health step judges it now.
+            _log.warning("rename failed, kept the temporary name: %s", exc)
         return new_id
 
     def _forget_reused_address(self, old_attrs: Mapping[str, Any], new_id: str) -> None:
