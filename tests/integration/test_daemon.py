@@ -62,6 +62,20 @@ def daemon(lab: DeviceLab) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
         process.wait(timeout=30)
 
 
+@pytest.fixture
+def git_daemon() -> Iterator[Callable[[Path], GitDaemon]]:
+    """Starts `git daemon` over a directory; stopped at teardown, even after a failure."""
+    servers: list[GitDaemon] = []
+
+    def start(base: Path) -> GitDaemon:
+        servers.append(GitDaemon(base).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -85,9 +99,10 @@ def test_the_daemon_applies_cycles_on_sync_and_stops_cleanly_on_sigterm(
     lab: DeviceLab,
     pages: dict[str, str],
     daemon: Callable[[], subprocess.Popen[bytes]],
+    git_daemon: Callable[[Path], GitDaemon],
 ):
     # Served by `git daemon`, so only `sync` (not the watcher of a local repo) can wake it.
-    server = GitDaemon(lab.root).start()
+    server = git_daemon(lab.root)
     lab.source_url = server.url("fleet")
     lab.write_config()
     port = lab.free_port()
@@ -119,7 +134,6 @@ def test_the_daemon_applies_cycles_on_sync_and_stops_cleanly_on_sigterm(
     assert "daemon.start" in events and events[-1] == "daemon.stop"
     assert all({"ts", "level", "event"} <= set(r) for r in records)
     assert http_get(port) == "page v2"  # stopping the daemon leaves the apps running
-    server.stop()
 
 
 def test_a_commit_to_a_local_fleet_repo_is_applied_without_waiting_for_the_poll(
