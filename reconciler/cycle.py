@@ -52,6 +52,7 @@ Result = Literal["converged", "unchanged", "failed", "rolled_back"]
 EXIT_CODES: dict[Result, int] = {"converged": 0, "unchanged": 0, "failed": 1, "rolled_back": 3}
 MAX_MANIFEST_BYTES = 1024 * 1024
 CRASH_LOOP_FORGIVEN_AFTER = 600.0  # seconds up after a recreate before back-off starts over
+SETTLE_SECONDS = 30.0  # longest wait for removals the engine is still doing
 
 
 class RemoteHeadLike(Protocol):
@@ -454,7 +455,7 @@ class Reconciler:
                 wanted += desired.containers(
                     target.manifest, images=dict(target.images), namespace=namespace, extra=extra
                 )
-            observed = self.engine.list_managed()  # type: ignore[attr-defined]
+            observed = self._settled_containers()
         except (EngineError, OSError) as exc:
             return CycleOutcome("failed", f"could not prepare the apply: {exc}")
         # Apps whose manifest we could not rebuild are left alone: never remove what we
@@ -517,6 +518,17 @@ class Reconciler:
         self._count_drift(actions, applied_revisions)
         self._commit(current, moved, targets, now)
         return CycleOutcome("converged", f"{len(changes)} change(s) applied", tuple(actions))
+
+    def _settled_containers(self) -> list[model.ObservedContainer]:
+        """The managed containers, once the engine finished removing any (a run killed during
+        a removal leaves the engine to finish it: planning around a container that is about to
+        vanish would keep it, then find it missing)."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            observed: list[model.ObservedContainer] = self.engine.list_managed()  # type: ignore[attr-defined]
+            if time.monotonic() > deadline or all(o.status != "removing" for o in observed):
+                return observed
+            time.sleep(0.1)
 
     def _commit(
         self,
