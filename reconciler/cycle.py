@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from reconciler import (
-    backoff,
+    crash_loops,
     desired,
     executor,
     health,
@@ -51,7 +51,6 @@ _log = logging.getLogger("reconciler.cycle")
 Result = Literal["converged", "unchanged", "failed", "rolled_back"]
 EXIT_CODES: dict[Result, int] = {"converged": 0, "unchanged": 0, "failed": 1, "rolled_back": 3}
 MAX_MANIFEST_BYTES = 1024 * 1024
-CRASH_LOOP_FORGIVEN_AFTER = 600.0  # seconds up after a recreate before back-off starts over
 SETTLE_SECONDS = 30.0  # longest wait for removals the engine is still doing
 
 
@@ -135,7 +134,7 @@ class Reconciler:
             trusted_root=settings.trust.trusted_root,
         )
         self._cache: _ReadRelease | None = None
-        self._crash_loops: dict[tuple[str, str], tuple[int, float]] = {}
+        self._crash_loops = crash_loops.CrashLoops()
         self._failed_apps: set[str] = set()  # in the release but invalid or forbidden here
         self.fetch_failures = 0  # consecutive; the daemon backs off on it
 
@@ -171,8 +170,7 @@ class Reconciler:
                 detail="trust.allow_unsigned is true: releases are applied without a signature",
             )
         try:
-            commit = self._fetch(current, now)
-            current = self.store.load()
+            commit, current = self._fetch(current, now)
         except FetchError as exc:
             outcome = self._converge(current, self._applied_targets(current), now=now)
             return self._finish(outcome, failed=f"fetch failed, kept the applied state: {exc}")
@@ -271,8 +269,9 @@ class Reconciler:
         self.store.save(recovered)
         return recovered
 
-    def _fetch(self, current: state.DeviceState, now: datetime) -> str:
-        """The head commit, readable from the cache. A failed remote counts in
+    def _fetch(self, current: state.DeviceState, now: datetime) -> tuple[str, state.DeviceState]:
+        """The head commit, readable from the cache, and the state with this fetch recorded.
+        A failed remote counts in
         `reconciler_fetch_errors_total` even when a mirror answered after it."""
         try:
             head = self.git.head()
@@ -287,8 +286,9 @@ class Reconciler:
         self.fetch_failures = 0
         self._metric("record_fetch_success", now.timestamp())
         # Persisted for `status` (another process); one small atomic write per poll.
-        self.store.save(replace(current, last_fetch=_iso(now), last_fetch_commit=head.commit))
-        return head.commit
+        fetched = replace(current, last_fetch=_iso(now), last_fetch_commit=head.commit)
+        self.store.save(fetched)
+        return head.commit, fetched
 
     def _targets_from_release(
         self, commit: str, current: state.DeviceState, now: datetime
@@ -466,7 +466,7 @@ class Reconciler:
         observed = [o for o in observed if o.app not in frozen]
         applied_revisions = {a.name: a.revision for a in current.apps}
         actions = planner.plan(wanted, observed, namespace=namespace, applied=applied_revisions)
-        actions = self._throttle_crash_loops(actions, observed, now)
+        actions = self._crash_loops.throttle(actions, observed, now)
         changes = planner.changes(actions)
         to_apps = tuple(sorted((t.applied() for t in targets), key=lambda a: a.name))
         moved = replace(current, apps=to_apps)
@@ -673,53 +673,6 @@ class Reconciler:
             extra[spec.name] = {"env_file_sha256": hashlib.sha256(data).hexdigest()}
             values[spec.name] = docker_translate.parse_env_file(data, file=spec.env_file)
         return extra, values
-
-    def _throttle_crash_loops(
-        self,
-        actions: list[model.Action],
-        observed: Sequence[model.ObservedContainer],
-        now: datetime,
-    ) -> list[model.Action]:
-        """A container that keeps dying is recreated with exponential back-off, not every cycle."""
-        # Forgiven only after running well past its last recreate: a container that dies a
-        # few seconds after each start is running at some polls and must stay backed off.
-        running = {(o.app, o.container) for o in observed if o.status == "running"}
-        for key in running:
-            last = self._crash_loops.get(key, (0, 0.0))[1]
-            if now.timestamp() - last > CRASH_LOOP_FORGIVEN_AFTER:
-                self._crash_loops.pop(key, None)
-        kept = []
-        for action in actions:
-            key = (action.app, action.container)
-            stopped = (
-                action.kind is model.ActionKind.REPLACE
-                and action.observed is not None
-                and action.desired is not None
-                and action.observed.spec_digest == action.desired.spec_digest
-            )
-            if not stopped:
-                kept.append(action)
-                continue
-            attempts, last = self._crash_loops.get(key, (0, 0.0))
-            wait = backoff.delay(attempts, initial=10.0, cap=600.0, jitter=0.0) if attempts else 0
-            if attempts and now.timestamp() < last + wait:
-                logs.event(
-                    _log,
-                    logging.WARNING,
-                    "drift.backoff",
-                    app=action.app,
-                    container=action.container,
-                    retry_in=round(last + wait - now.timestamp(), 1),
-                )
-                continue
-            self._crash_loops[key] = (attempts + 1, now.timestamp())
-            kept.append(action)
-        # A pull only serves the creates and replaces left: a backed-off one needs none, else
-        # every cycle of the back-off would pull from the registry and report "converged".
-        needed = {
-            a.image for a in kept if a.kind in (model.ActionKind.CREATE, model.ActionKind.REPLACE)
-        }
-        return [a for a in kept if a.kind is not model.ActionKind.PULL or a.image in needed]
 
     def _count_drift(
         self, actions: Sequence[model.Action], applied_revisions: Mapping[str, str]
