@@ -411,7 +411,7 @@ def _release(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         for line in image_pins.describe(images):
             print(f"pinned: {line}", file=sys.stderr)
-    previous = trust_verbs.read_if_present(root / release.RELEASE_PATH)
+    previous = trust_verbs.read_if_present(root, release.RELEASE_PATH)
     code, data = repo_verbs.write_release(root, expires_in=expires_in, images=images)
     if code != EXIT_OK or data is None:
         return code
@@ -426,7 +426,7 @@ def _release(args: argparse.Namespace) -> int:
         issuer=args.issuer,
     )
     if code != EXIT_OK:  # nothing half-done: an unsigned new release is not left behind
-        trust_verbs.restore(root / release.RELEASE_PATH, previous)
+        trust_verbs.restore(root, release.RELEASE_PATH, previous)
     return code
 
 
