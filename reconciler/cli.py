@@ -281,7 +281,8 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     validate = _verb(
         verbs,
         "validate",
-        help_text="Validate every manifest of a fleet repo checkout (for pull-request checks).",
+        help_text="Validate every manifest committed at HEAD of a fleet repo, read as devices "
+        "read it (for pull-request checks); uncommitted edits are listed, not judged.",
         example="reconciler validate ./fleet   # exit 0 valid, 1 invalid",
         handler=_validate,
     )
@@ -307,7 +308,8 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     release = _verb(
         verbs,
         "release",
-        help_text="Write .fleet/release.json (the snapshot devices pin) from the checkout.",
+        help_text="Write .fleet/release.json (the snapshot devices pin) from the manifests "
+        "committed at HEAD; refused while manifests differ from HEAD.",
         example="reconciler release ./fleet --no-sign --expires-in 30d",
         handler=_release,
     )

@@ -130,7 +130,7 @@ def _notes(
     """Say what verify judged that the work tree does not show: devices read commits."""
     for problem in snapshot.transformed(sorted(parsed.pins)):
         print(f"warning: {_show(str(problem))}", file=err)
-    changed = [p for p in checkout.work_tree_changes(root, sorted(parsed.pins)) if p in parsed.pins]
+    changed = [p for p in checkout.work_tree_changes(root, [checkout.APPS_DIR]) if p in parsed.pins]
     if changed:
         print(
             f"warning: {len(changed)} pinned file(s) differ between the work tree and HEAD "
