@@ -15,6 +15,7 @@ checkout directory and `/`-separated, as the release pins them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -343,7 +344,12 @@ def manifest_files(root: Path) -> tuple[dict[str, bytes], list[Problem]]:
 def read_capped(path: Path, limit: int) -> bytes:
     """At most `limit` bytes of a regular file; OSError for anything else (a FIFO or device
     would block or never end) and for a symlink at `path` itself."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "is a symbolic link; links are never followed") from None
+        raise
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise OSError(0, "not a regular file")

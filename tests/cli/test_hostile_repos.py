@@ -296,3 +296,23 @@ def test_verify_prints_committed_file_names_escaped(fleet, run_cli, tmp_path):
     note = names(verified, "apps/evil\\nrelease 1: 1 app(s)", "is not in the release")
     assert note.startswith("note: ") and "\\x1b[2K" in note
     assert verified.lines[-1].startswith("release 1: 1 app(s), every pin matches the committed")
+
+
+def test_plan_reads_no_inventory_or_release_through_a_symlink(fleet, run_cli, tmp_path):
+    fleet.app("web")
+    fleet.commit("web")
+    (fleet.root / "devices").mkdir()
+    (fleet.root / "devices/inventory.yaml").symlink_to("/dev/zero")
+    (fleet.root / ".fleet").symlink_to(tmp_path)
+    (tmp_path / "release.json").write_text("{not json")
+    planned = run_cli(
+        "plan", str(fleet.root), "--inventory", f"{fleet.root}/devices/inventory.yaml"
+    )
+    assert planned.code == 2
+    assert planned.err == (
+        f"plan: {fleet.root}/devices/inventory.yaml: cannot be read: is a symbolic link; "
+        "links are never followed\n"
+    )
+    planned = run_cli("plan", str(fleet.root), "--labels", "")
+    assert planned.code == 0
+    names(planned, RELEASE, ".fleet is a symbolic link in the work tree")
