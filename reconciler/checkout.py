@@ -79,10 +79,6 @@ class Snapshot:
             return None
         return cls(root, commit, _parse_ls_tree(listing.stdout))
 
-    def paths(self) -> list[str]:
-        """Every path of the snapshot (directories included), sorted."""
-        return sorted(self._entries)
-
     def entry(self, rel: str) -> Entry | None:
         return self._entries.get(rel)
 
