@@ -10,7 +10,7 @@ kept-alive connections; `GONE` breaks the open connections too):
   `stall_after` bytes, sends nothing more on that connection and keeps it open: a registry that
   stalls mid-blob (the real registry keeps serving; only its bytes stop reaching the client).
 - `Fault.SILENT`: accepts, reads and drops what it is sent, answers nothing (a server stalling).
-- `Fault.GARBAGE`: answers every connection with bytes no protocol reads, then closes.
+- `Fault.GARBAGE`: answers every connection with bytes no protocol reads.
 - `Fault.HTTP_500`: answers every HTTP request with `500 Internal Server Error`.
 - `Fault.GONE`: the port is closed (connection refused); `fault = NONE` listens again on it.
 
@@ -128,7 +128,7 @@ class FaultProxy:
         if fault is Fault.GARBAGE:
             with contextlib.suppress(OSError):
                 client.sendall(_GARBAGE)
-            client.close()
+            _drain(client)  # open until the client gives up: it reads the garbage, not a reset
             return
         if fault is Fault.HTTP_500:
             with contextlib.suppress(OSError):

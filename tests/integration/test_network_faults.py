@@ -11,20 +11,25 @@ refused connection, a real 500 answer and real garbage on the wire. Deadlines ar
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
+from tests.cli.conftest import CONSOLE_SCRIPT
 from tests.infra.git_server import GitDaemon
 from tests.infra.images import ImageFactory
+from tests.infra.private_engine import PrivateEngine, PrivateEngineUnavailable
 from tests.infra.registry import LocalRegistry
 from tests.infra.stall_proxy import Fault, FaultProxy
-from tests.integration.device_lab import DeviceLab, app_manifest, http_get
+from tests.integration.device_lab import DeviceLab, Run, app_manifest, http_get, log_events
 
 pytestmark = pytest.mark.docker
 
@@ -121,10 +126,13 @@ class Serving:
         """Run a cycle that must fail in bounded time leaving v1 serving; its last error."""
         started = time.monotonic()
         run = self.lab.once()
-        elapsed = time.monotonic() - started
+        assert time.monotonic() - started < FAILED_WITHIN
+        return self.failed_keeping_v1(run)
+
+    def failed_keeping_v1(self, run: Run) -> str:
+        """Check a cycle that failed left v1 serving and its last good state; its last error."""
         assert run.code == 1, run.out + run.err
-        assert elapsed < FAILED_WITHIN
-        assert http_get(self.port) == "nf v1"
+        assert http_get(self.port, timeout=30) == "nf v1"
         status = self.lab.status()
         assert self.applied_revision() == self.revision  # the last good state is kept
         assert status["last_error"], status
@@ -234,3 +242,138 @@ def test_a_git_server_that_fails_fails_the_cycle_then_recovers(
     assert said in error.lower()
     git_proxy.fault = Fault.NONE
     serving.recovers_to("nf v3")
+
+
+# --- the engine restarted ------------------------------------------------------------------------
+# On a private dockerd (tests/infra/private_engine.py): the shared test engine serves other tests
+# and is never restarted. Its containers stop with it and come back by their restart policy.
+
+
+@pytest.fixture(scope="module")
+def private_engine() -> Iterator[PrivateEngine]:
+    try:
+        engine = PrivateEngine()
+    except PrivateEngineUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc} (CI is set: these tests must run there, not skip)")
+        pytest.skip(str(exc))
+    with engine:
+        yield engine
+
+
+@pytest.fixture
+def private_lab(
+    tmp_path: Path, private_engine: PrivateEngine, namespace: str
+) -> Iterator[DeviceLab]:
+    lab = DeviceLab(tmp_path, docker_host=private_engine.url, namespace=namespace)
+    configure(lab)
+    yield lab
+    label = {"label": f"reconciler.namespace={namespace}"}
+    with contextlib.closing(private_engine.client()) as client:
+        for container in client.containers.list(all=True, filters=label):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True, v=True)
+        for network in client.networks.list(filters=label):
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+
+
+def once_restarting(
+    lab: DeviceLab, engine: PrivateEngine, when: Callable[[list[str]], bool]
+) -> Run:
+    """`reconciler once`, with the engine restarted as soon as `when(log lines so far)` is true;
+    fails the test if that moment never came."""
+    process = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "once", "--config", str(lab.config_path)],
+        env=lab.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    err: list[str] = []
+    reader = threading.Thread(
+        target=lambda: err.extend(line.decode(errors="replace") for line in process.stderr or ())
+    )
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not when(err):
+        assert process.poll() is None, "the cycle ended before the moment to restart came"
+        assert time.monotonic() < deadline, "the moment to restart never came"
+        time.sleep(0.01)
+    engine.restart()
+    out, _ = process.communicate(timeout=120)
+    reader.join(timeout=10)
+    return Run(process.returncode, out.decode(errors="replace"), "".join(err))
+
+
+def logged(event: str) -> Callable[[list[str]], bool]:
+    """True once the cycle logged `event`."""
+    return lambda lines: any(r.get("event") == event for r in log_events("".join(lines[:])))
+
+
+def test_dockerd_restarted_during_a_pull_fails_the_cycle_and_the_next_one_recovers(
+    private_lab: DeviceLab,
+    private_engine: PrivateEngine,
+    v1: str,
+    registry_proxy: FaultProxy,
+    remote_only: str,
+):
+    configure(private_lab, pull_stall_timeout="60s")  # the restart ends the pull, not the watchdog
+    serving = Serving(private_lab, v1)
+    image = f"{registry_proxy.address}/{remote_only}"
+    private_lab.publish({"web": web(image, serving.port)})
+    registry_proxy.fault = Fault.STALL_BLOB  # holds the pull open until the engine goes
+
+    run = once_restarting(private_lab, private_engine, lambda _: registry_proxy.stalled.is_set())
+
+    error = serving.failed_keeping_v1(run)
+    assert image in error and private_engine.url in error  # names the image and the engine
+    registry_proxy.fault = Fault.NONE
+    serving.recovers_to("nf v2")
+
+
+def test_dockerd_restarted_as_the_replace_begins_fails_the_cycle_and_the_next_one_recovers(
+    private_lab: DeviceLab,
+    private_engine: PrivateEngine,
+    v1: str,
+    registry: LocalRegistry,
+    images: ImageFactory,
+):
+    serving = Serving(private_lab, v1)
+    registry.push(images.httpd("nf-web-v3", "nf v3"), "nf/web:v3")
+    private_lab.publish({"web": web(f"{registry.address}/nf/web:v3", serving.port)})
+
+    run = once_restarting(private_lab, private_engine, logged("apply.replace"))
+
+    # Whichever engine call of the replace (inspect, create, stop, start) the restart cut, the
+    # cycle fails or rolls back, says so naming the engine, and v1 serves again.
+    assert run.code in (1, 3), run.out + run.err
+    assert http_get(serving.port, timeout=30) == "nf v1"
+    assert serving.applied_revision() == serving.revision
+    assert private_engine.url in str(private_lab.status()["last_error"])
+    serving.recovers_to("nf v3")
+
+
+def test_dockerd_restarted_during_the_health_wait_is_waited_out_and_the_change_applies(
+    namespace: str,
+    private_lab: DeviceLab,
+    private_engine: PrivateEngine,
+    v1: str,
+    registry: LocalRegistry,
+    images: ImageFactory,
+):
+    serving = Serving(private_lab, v1)
+    registry.push(images.httpd("nf-web-v3", "nf v3"), "nf/web:v3")
+    private_lab.publish({"web": web(f"{registry.address}/nf/web:v3", serving.port)})
+
+    run = once_restarting(private_lab, private_engine, logged("health.wait"))
+
+    # The engine gone is no failed probe: the wait goes on, the container comes back by its
+    # restart policy, passes, and the change is committed.
+    assert run.code == 0, run.out + run.err
+    wait_began = next(r["ts"] for r in log_events(run.err) if r["event"] == "health.wait")
+    with contextlib.closing(private_engine.client()) as client:
+        (container,) = client.containers.list(filters={"label": "reconciler.app=web"})
+        started = container.attrs["State"]["StartedAt"]
+    assert started[:23] > str(wait_began)[:23]  # it was started again during the wait
+    assert http_get(serving.port) == "nf v3"
+    assert private_lab.status()["last_error"] is None
