@@ -3,10 +3,15 @@
 The shared test engine (tests/infra/engine.py) serves every test of the run and must never be
 restarted. This one is started by the test that needs it, and stays out of the shared engine's
 way: its own data root, exec root (so its own containerd) and socket in a temp dir under
-/var/tmp; no default bridge (`--bridge=none`), no iptables or sysctl changes (`--iptables=false`,
-`--ip-masq=false`, `--ip-forward=false`), and its networks from 10.215.0.0/16, a pool the shared
-engine does not use (it takes 10.213.0.0/16). Published ports work through docker-proxy, which
-needs no iptables. Images come from the local registry (pulled on loopback).
+/var/tmp; its own default bridge, created here on 10.216.0.1/24; no iptables or sysctl changes
+(`--iptables=false`, `--ip-masq=false`, `--ip-forward=false`). Published ports work through
+docker-proxy, which needs no iptables. Images come from the local registry (pulled on loopback).
+
+Two dockerd 20.10 options delete the interface named `docker0` (the shared engine's bridge),
+whatever `--bridge` says, so they are never given here: `--bridge=none` (at every start), and
+`--default-address-pool` (at every start after the first, with live-restore off). Its app
+networks therefore come from dockerd's default pools (172.17.0.0/16 and up, skipping ranges a
+host route already uses); the shared engine takes its own from 10.213.0.0/16.
 
 Must not: run as a non-root user (dockerd needs root), outlive `close()` (which removes its
 containers and networks, stops it and deletes its directories).
@@ -28,7 +33,7 @@ from types import TracebackType
 import docker
 import docker.errors
 
-ADDRESS_POOL = "base=10.215.0.0/16,size=24"
+BRIDGE_ADDRESS = "10.216.0.1/24"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 30.0
 
@@ -42,11 +47,24 @@ class PrivateEngine:
     as on a host where dockerd restarts) and starts it again on the same data."""
 
     def __init__(self) -> None:
-        if os.geteuid() != 0 or shutil.which("dockerd") is None:
-            raise PrivateEngineUnavailable("a private dockerd needs root and dockerd installed")
+        if os.geteuid() != 0 or shutil.which("dockerd") is None or shutil.which("ip") is None:
+            raise PrivateEngineUnavailable(
+                "a private dockerd needs root, dockerd and iproute2 installed"
+            )
         self.root = Path(tempfile.mkdtemp(prefix="rc-engine-", dir="/var/tmp"))
+        self.bridge = f"rcb-{self.root.name[-8:].lower()}"  # interface names: <= 15 characters
         self._process: subprocess.Popen[bytes] | None = None
-        self.start()
+        try:
+            for command in (
+                ["ip", "link", "add", self.bridge, "type", "bridge"],
+                ["ip", "addr", "add", BRIDGE_ADDRESS, "dev", self.bridge],
+                ["ip", "link", "set", self.bridge, "up"],
+            ):
+                subprocess.run(command, check=True, capture_output=True)
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def url(self) -> str:
@@ -66,11 +84,10 @@ class PrivateEngine:
             "--exec-root", str(self.root / "exec"),
             "-H", self.url,
             "--pidfile", str(self.root / "docker.pid"),
-            "--bridge=none",
+            f"--bridge={self.bridge}",
             "--iptables=false",
             "--ip-masq=false",
             "--ip-forward=false",
-            "--default-address-pool", ADDRESS_POOL,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
@@ -122,6 +139,7 @@ class PrivateEngine:
                         with contextlib.suppress(docker.errors.APIError):
                             network.remove()
         self.stop()
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PrivateEngine:
