@@ -391,6 +391,21 @@ def request_rollback(state_dir: str) -> str | None:
     return problem
 
 
+def running_pid(state_dir: str) -> int | None:
+    """The pid of the daemon running for `state_dir`, or None when none is."""
+    try:
+        pid = int((Path(state_dir) / PID_FILE).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid  # alive, only not ours to signal
+    except OSError:
+        return None
+    return pid
+
+
 def send_sync(state_dir: str) -> str | None:
     """Ask the daemon of `state_dir` to cycle now; None on success, else why not."""
     path = Path(state_dir) / PID_FILE

@@ -492,6 +492,29 @@ class StateStore:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
+# Below this much free space a state.json write (a few KiB, plus its temp copy) is at risk.
+LOW_SPACE_BYTES = 64 * 1024
+
+
+def write_problem(state_dir: Path | str) -> str | None:
+    """Why nothing can be written to `state_dir` now (full, or on a read-only file system),
+    naming it; None when it looks writable or does not exist yet. For `status`: a daemon that
+    cannot save its state cannot save that error either."""
+    try:
+        info = os.statvfs(state_dir)
+    except OSError:
+        return None
+    if info.f_flag & os.ST_RDONLY:
+        return f"state_dir {state_dir} is on a read-only file system: no change can be recorded"
+    free = info.f_bavail * info.f_frsize
+    if free < LOW_SPACE_BYTES or (info.f_files and info.f_favail == 0):
+        return (
+            f"state_dir {state_dir} is full ({free} bytes free): state.json cannot be written, "
+            "so no change is applied"
+        )
+    return None
+
+
 def _atomic_write(target: Path, data: bytes) -> None:
     """mkstemp beside `target` -> write -> fsync -> rename over it -> fsync the directory.
 
