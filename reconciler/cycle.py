@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from reconciler import (
@@ -191,8 +192,16 @@ class Reconciler:
         except Exception as exc:  # the one place every failure is caught
             self._crashed = True
             message = self._describe(exc)
+            # A state_dir that cannot be read or written is a fault of the device, reported
+            # by its message; anything else is a bug, and its traceback is what fixes it.
+            expected = isinstance(exc, (OSError, ReconcilerError))
             logs.event(
-                _log, logging.ERROR, "cycle.crashed", what=what, error=message, exc_info=True
+                _log,
+                logging.ERROR,
+                "cycle.aborted",
+                what=what,
+                error=message,
+                exc_info=None if expected else exc,
             )
             outcome = CycleOutcome("failed", f"{what} failed: {message}")
             logs.event(
@@ -568,8 +577,9 @@ class Reconciler:
                 continue
             new_refs = {ref for _container, ref in target.images}
             missing = sorted(
-                {ref for _c, ref in before.images if ref not in new_refs}
-                - {ref for _c, ref in before.images if self.engine.image_present(ref)}
+                ref
+                for ref in {ref for _c, ref in before.images if ref not in new_refs}
+                if not self._image_local(ref)
             )
             if missing:
                 refused[name] = (
@@ -578,6 +588,18 @@ class Reconciler:
                     f"({', '.join(missing)}); pull them or make the registry reachable"
                 )
         return refused
+
+    def _image_local(self, ref: str) -> bool:
+        """Whether `ref` is in the engine, pulling it back when it is not (deleted by hand)."""
+        if self.engine.image_present(ref):
+            return True
+        try:
+            self.engine.pull(ref)
+        except EngineError as exc:
+            logs.event(_log, logging.WARNING, "rollback.image_missing", image=ref, reason=str(exc))
+            return False
+        logs.event(_log, logging.INFO, "rollback.image_restored", image=ref)
+        return True
 
     def _converge_targets(
         self,
@@ -909,7 +931,12 @@ def _read_env_file(path: str) -> bytes:
 
     limit = docker_translate.MAX_ENV_FILE_BYTES
     try:
-        with Path(path).open("rb") as handle:
+        # Non-blocking open, then only a regular file is read: a FIFO or device put in its
+        # place would otherwise block the cycle (and the daemon) forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ProblemsError([Problem(path, "", "env file is not a regular file")])
             data = handle.read(limit + 1)
     except OSError as exc:
         reason = f"cannot read the env file: {exc.strerror or type(exc).__name__}"
