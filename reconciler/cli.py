@@ -266,15 +266,19 @@ def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | No
     try:
         return device.load_settings(path), None
     except SettingsError as exc:
-        problem = "; ".join(str(p) for p in exc.problems)
+        failure: Exception = exc
     except Exception as exc:  # a parser crash on a hostile labels.d file
-        problem = f"{type(exc).__name__}: {exc}"
+        failure = exc
     try:
         alone = settings.read(path, env=os.environ, hostname=socket.gethostname())
     except SettingsError:
         again = _device_settings(args, "status")  # prints every problem: exit 2
         return again if isinstance(again, int) else (again[1], None)
-    return alone, text.one_line(problem)
+    if isinstance(failure, SettingsError):
+        problem = text.one_line("; ".join(str(p) for p in failure.problems))
+    else:
+        problem = device.load_failure(path, alone.device.labels_dir, failure)
+    return alone, problem
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -263,7 +263,7 @@ def _reload(config_path: str, current: settings.DeviceSettings) -> settings.Devi
             _log,
             logging.ERROR,
             "config.invalid",
-            problem=text.one_line(f"{type(exc).__name__}: {exc}"),
+            problem=device.load_failure(config_path, current.device.labels_dir, exc),
             action="kept the previous config",
             exc_info=exc,
         )
