@@ -229,12 +229,12 @@ def _sleep_with_watchdog(wakeups: Wakeups, seconds: float) -> None:
         sdnotify.notify("WATCHDOG=1")
 
 
-def _next_wait(current: settings.DeviceSettings, fetch_failures: int) -> float:
+def _next_wait(current: settings.DeviceSettings, failures: int) -> float:
     interval = current.source.poll_interval
     jitter = current.source.jitter
-    if fetch_failures:
+    if failures:
         return backoff.delay(
-            fetch_failures,
+            failures,
             initial=interval,
             cap=interval * MAX_BACKOFF_FACTOR,
             jitter=jitter,
