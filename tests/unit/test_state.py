@@ -313,10 +313,10 @@ def test_taking_the_lock_again_writes_nothing_in_state_dir(tmp_path: Path) -> No
 
 
 def test_a_failed_save_names_the_file_it_could_not_write(tmp_path: Path) -> None:
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_bytes(b"")
-    with pytest.raises(OSError, match=f"cannot write {blocker / 'state.json'}"):
-        StateStore(blocker).save(DeviceState())
+    (tmp_path / "state.json" / "in-the-way").mkdir(parents=True)  # the rename cannot land
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'state.json'}: "):
+        StateStore(tmp_path).save(DeviceState())
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
 
 
 def test_a_writable_state_dir_has_no_write_problem_and_a_missing_one_none_yet(
