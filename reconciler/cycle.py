@@ -181,8 +181,8 @@ class Reconciler:
         return outcome
 
     def _guarded(self, what: str, run: Callable[[], CycleOutcome]) -> CycleOutcome:
-        """`run()`, with anything it raises turned into a failed outcome: logged with its
-        traceback, saved as `last_error` when `state.json` can be written. A state_dir that
+        """`run()`, with anything it raises turned into a failed outcome: logged (a bug with
+        its traceback), saved as `last_error` when `state.json` can be written. A state_dir that
         cannot be read or written, a bug, an adapter raising what it should not: the daemon
         lives on and backs off, and the next cycle starts afresh from state_dir and the engine.
         """
