@@ -282,8 +282,20 @@ def _reload(config_path: str, current: settings.DeviceSettings) -> settings.Devi
 
 @contextlib.contextmanager
 def _pid_file(state_dir: Path) -> Iterator[None]:
+    """`state_dir/daemon.pid` while the daemon runs. A full or read-only state_dir only costs
+    `reconciler sync` and `rollback` their way to the daemon: it runs on regardless."""
     path = state_dir / PID_FILE
-    path.write_text(f"{os.getpid()}\n", encoding="ascii")
+    try:
+        path.write_text(f"{os.getpid()}\n", encoding="ascii")
+    except OSError as exc:
+        logs.event(
+            _log,
+            logging.ERROR,
+            "daemon.pid_file_failed",
+            path=str(path),
+            reason=exc.strerror or str(exc),
+            action="running without it: reconciler sync and rollback cannot reach this daemon",
+        )
     try:
         yield
     finally:

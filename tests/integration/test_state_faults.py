@@ -209,6 +209,47 @@ def test_a_read_only_state_dir_serves_on_refuses_changes_and_applies_once_writab
     assert http_get(port) == "page v2"
 
 
+def test_a_daemon_started_on_a_read_only_state_dir_serves_on_and_applies_once_writable(
+    lab: DeviceLab,
+    small_state_dir: Path,
+    pages: dict[str, str],
+    docker_client: docker.DockerClient,
+    daemons: list[subprocess.Popen[bytes]],
+):
+    lab.metrics_listen = f"127.0.0.1:{lab.free_port()}"
+    lab.write_config(
+        health={"timeout": "30s", "stable_for": "0s"},
+        source={"url": str(lab.fleet.root), "poll_interval": "200ms"},
+    )
+    port = lab.free_port()
+    lab.publish({"web": app_manifest("web", [web(pages["v1"], port)])})
+    assert lab.once().code == 0
+    (running,) = managed(docker_client, lab.namespace)
+    lab.publish({"web": app_manifest("web", [web(pages["v2"], port)])})
+    prefetch(lab)
+    remount(small_state_dir, "ro")
+    try:
+        process = lab.start_daemon()  # not even its pid file can be written
+        daemons.append(process)
+        eventually(
+            lambda: metric(scrape(lab), 'reconciler_cycles_total{result="failed"}') >= 2,
+            "failed cycles counted",
+        )
+        assert process.poll() is None
+        assert [c.id for c in managed(docker_client, lab.namespace)] == [running.id]
+        assert http_get(port) == "page v1"
+        shown = lab.status()
+        assert str(shown["last_error"]).startswith(f"state_dir {small_state_dir} is on a read-")
+    finally:
+        remount(small_state_dir, "rw")
+
+    eventually(lambda: http_get(port, timeout=0.5) == "page v2", "applied once writable")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=WAIT) == 0
+    events = [r["event"] for r in log_events(lab.daemon_log.read_text())]
+    assert "daemon.pid_file_failed" in events and events[-1] == "daemon.stop"
+
+
 # --- state.json unreadable --------------------------------------------------------------------
 
 CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
