@@ -181,7 +181,10 @@ def _loop(
                 fresh = _reload(config_path, current)
                 if fresh != current:
                     current = fresh
-                    watcher.update(current)
+                    try:
+                        watcher.update(current)
+                    except OSError as exc:  # an unreadable new labels_dir or source path
+                        logs.event(_log, logging.ERROR, "watch.failed", reason=str(exc))
                     adapters.close()  # rebuild the adapters on the new settings
                     dev = None
     finally:
