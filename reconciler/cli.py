@@ -202,7 +202,7 @@ def _status(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
 
-    from reconciler import daemon, metrics, state, status
+    from reconciler import daemon, state, status
     from reconciler.adapters.docker_engine import DockerEngine
     from reconciler.errors import EngineError
 
@@ -228,6 +228,8 @@ def _status(args: argparse.Namespace) -> int:
         engine.close()
     fetched = None
     if daemon.running_pid(ds.state_dir) is not None:
+        from reconciler import metrics  # prometheus_client: only when a daemon may answer
+
         seconds = metrics.read_last_fetch(ds.metrics.listen)
         if seconds is not None:
             fetched = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
