@@ -184,8 +184,8 @@ def _check_graph(root: yaml.Node, *, file: str, limit: int) -> None:
         if total > limit:
             raise _rejected(
                 file,
-                f"the document expands to more than {limit} nodes (near {_mark(node)}); a document this "
-                "large is refused, and anchors and aliases may only be used for small reuse",
+                f"the document expands to more than {limit} nodes (near {_mark(node)}); a "
+                "document this large is refused, and aliases may only be used for small reuse",
             )
         expanded[key] = total
         return total

@@ -180,7 +180,7 @@ def test_release_outside_git_leaves_source_commit_empty_and_warns(tmp_path, run_
     (tmp_path / "apps/gw").mkdir(parents=True)
     (tmp_path / "apps/gw/app.yaml").write_text(
         "apiVersion: reconciler/v1\nkind: App\nmetadata: {name: gw}\n"
-        "spec: {containers: [{name: main, image: busybox}]}\n"
+        "spec: {selector: {}, containers: [{name: main, image: busybox}]}\n"
     )
     result = run_cli("release", str(tmp_path), "--no-sign")
     assert result.code == 0

@@ -164,7 +164,7 @@ def test_numbers_are_checked_against_their_ranges() -> None:
     assert _checks.int_in(r, "b", True, low=0, high=10) is None
     assert _checks.int_in(r, "c", 11, low=1, high=10) is None
     assert _checks.fraction(r, "d", 1) == 1.0
-    assert _checks.fraction(r, "e", 2) == 2.0
+    assert _checks.fraction(r, "e", 2) is None
     assert _checks.fraction(r, "f", "x") is None
     assert said(r) == [
         ("b", "expected an integer 0..10, got true"),
@@ -172,6 +172,13 @@ def test_numbers_are_checked_against_their_ranges() -> None:
         ("e", "must be from 0 to 1, got 2"),
         ("f", 'expected a number from 0 to 1, got "x"'),
     ]
+
+
+def test_a_huge_fraction_is_refused_without_overflowing() -> None:
+    r = report()
+    assert _checks.fraction(r, "g", 10**99) is None  # compared, never float(): it overflows
+    assert _checks.fraction(r, "h", float("nan")) is None
+    assert [field for field, _ in said(r)] == ["g", "h"]
 
 
 def test_durations_must_have_a_unit_and_positive_ones_be_above_zero() -> None:

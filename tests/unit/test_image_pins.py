@@ -20,7 +20,7 @@ def write(root: Path, name: str, *images: str) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(
         f"apiVersion: reconciler/v1\nkind: App\nmetadata: {{name: {name}}}\n"
-        f"spec:\n  containers:\n{containers}\n"
+        f"spec:\n  selector: {{}}\n  containers:\n{containers}\n"
     )
 
 

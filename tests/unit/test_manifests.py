@@ -49,7 +49,7 @@ def minimal() -> dict[str, Any]:
         "apiVersion": "reconciler/v1",
         "kind": "App",
         "metadata": {"name": "gw"},
-        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+        "spec": {"selector": {}, "containers": [{"name": "web", "image": "nginx:1.27"}]},
     }
 
 
@@ -279,7 +279,7 @@ SELECTOR_EXPRESSIONS = [
     ({"key": "ring", "operator": "In"}, "values", "non-empty list"),
     ({"key": "ring", "operator": "NotIn", "values": []}, "values", "non-empty list"),
     ({"key": "ring", "operator": "Exists", "values": ["a"]}, "values", "takes no values"),
-    ({"key": "ring", "operator": "DoesNotExist", "values": []}, "values", "takes no values"),
+    ({"key": "ring", "operator": "DoesNotExist", "values": ["a"]}, "values", "takes no values"),
     ({"key": "ring", "operator": "In", "values": ["a b"]}, "values[0]", "label value"),
     ({"key": "a/b/c", "operator": "Exists"}, "key", "label key"),
     ({"operator": "Exists"}, "key", "required field is missing"),
@@ -407,6 +407,7 @@ apiVersion: reconciler/v2
 kind: App
 metadata: {name: Bad_Name}
 spec:
+  selector: {}
   containers:
     - {name: web, image: "nginx:1", ports: ["80"], restart: sometimes}
     - {name: web, image: "NGINX", colour: blue}
