@@ -552,7 +552,7 @@ def test_config_and_the_git_adapter_judge_a_branch_alike(branch):
 def test_a_docker_host_with_credentials_is_never_echoed():
     found = problems(MINIMAL + "runtime: {docker_host: 'ftp://admin:TOKEN@host'}\n")
     assert found == [
-        'runtime.docker_host: expected unix://PATH, tcp://HOST:PORT or ssh://[USER@]HOST, '
+        "runtime.docker_host: expected unix://PATH, tcp://HOST:PORT or ssh://[USER@]HOST, "
         'got "ftp://***@host"'
     ]
     from_env = problems(MINIMAL, env={"DOCKER_HOST": "ftp://admin:TOKEN@host"})
@@ -561,7 +561,9 @@ def test_a_docker_host_with_credentials_is_never_echoed():
 
 def test_a_poll_interval_no_sleep_can_take_is_refused():
     found = problems(MINIMAL.replace("}", ", poll_interval: 999999999999d}", 1))
-    assert found == ['source.poll_interval: "999999999999d" is longer than the maximum of 100 years']
+    assert found == [
+        'source.poll_interval: "999999999999d" is longer than the maximum of 100 years'
+    ]
 
 
 @pytest.mark.parametrize(
@@ -569,8 +571,8 @@ def test_a_poll_interval_no_sleep_can_take_is_refused():
     [
         ("runtime", "docker_host", "unix:///run/d\\0ocker.sock"),
         ("", "state_dir", "/var/lib/re\\0conciler"),
-        ("health", "commands", "[[/bin/check, \"a\\0b\"]]"),
-        ("policy", "allowed_host_paths", "[\"/srv\\0\"]"),
+        ("health", "commands", '[[/bin/check, "a\\0b"]]'),
+        ("policy", "allowed_host_paths", '["/srv\\0"]'),
     ],
 )
 def test_a_nul_byte_in_a_path_or_argument_is_refused(section, key, value):
