@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from reconciler import text
+
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
@@ -50,5 +52,8 @@ def format_duration(seconds: float) -> str:
 
 
 def _show(value: object) -> str:
-    shown = f'"{value}"' if isinstance(value, str) else repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    return (
+        f'"{text.one_line(value, 80)}"'
+        if isinstance(value, str)
+        else text.one_line(repr(value), 80)
+    )
