@@ -69,6 +69,14 @@ class _StrictConstructor(yaml.constructor.SafeConstructor):
 _StrictConstructor.add_constructor("tag:yaml.org,2002:int", _StrictConstructor.construct_yaml_int)
 
 
+class _TooDeep(yaml.YAMLError):
+    """The document nests deeper than MAX_DEPTH (valid YAML, refused all the same)."""
+
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__()
+        self.mark = mark
+
+
 class _PyLoader(
     yaml.reader.Reader,
     yaml.scanner.Scanner,
@@ -92,10 +100,7 @@ class _PyLoader(
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
-                )
+                raise _TooDeep(self.peek_event().start_mark)
             return super().compose_node(parent, index)  # type: ignore[misc]
         finally:
             self._depth -= 1
@@ -142,6 +147,8 @@ def load(
             return None
         _check_graph(node, file=file, limit=max_expanded_nodes)
         return loader.construct_document(node)
+    except _TooDeep as exc:
+        raise _too_deep(file, exc.mark) from None
     except yaml.YAMLError as exc:
         raise _rejected(file, f"invalid YAML: {_describe(exc)}") from None
     finally:
@@ -161,7 +168,7 @@ def _check_graph(root: yaml.Node, *, file: str, limit: int) -> None:
         if key in on_path:
             raise _rejected(file, f"recursive alias at {_mark(node)}")
         if depth > MAX_DEPTH:
-            raise _rejected(file, f"nested deeper than {MAX_DEPTH} levels at {_mark(node)}")
+            raise _too_deep(file, node.start_mark)
         on_path.add(key)
         total = 1
         if isinstance(node, yaml.SequenceNode):
@@ -195,6 +202,13 @@ def _check_graph(root: yaml.Node, *, file: str, limit: int) -> None:
 
 def _mark(node: yaml.Node) -> str:
     return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _too_deep(file: str, mark: yaml.Mark) -> ProblemsError:
+    return _rejected(
+        file,
+        f"nested deeper than {MAX_DEPTH} levels at line {mark.line + 1}, column {mark.column + 1}",
+    )
 
 
 def _describe(exc: yaml.YAMLError) -> str:
