@@ -38,6 +38,9 @@ _MAX_CPUS = (2**63 - 1) // 10**9
 # distribution/reference: a repository name of at most 255 characters, a tag of at most 128,
 # plus "@sha256:" and 64 hex digits; longer text is refused before the regex sees it.
 _MAX_IMAGE = 255 + 1 + 128 + 71
+# Linux limits: one argv or environment string (MAX_ARG_STRLEN, with its NUL), one path.
+_MAX_ARG_BYTES = 128 * 1024 - 1
+_MAX_PATH_BYTES = 4095
 _BASE60 = "; quote it: YAML reads unquoted digits:digits as one base-60 number"
 
 
@@ -61,8 +64,8 @@ def _argv(r: _checks.Report, where: str, value: object) -> tuple[str, ...]:
     for at, item in items:
         if not isinstance(item, str):
             r.expected(at, "a string", item, hint="; quote it" if item is not None else "")
-        else:
-            _checks.no_nul(r, at, item)
+        elif _checks.no_nul(r, at, item):
+            _check_arg_length(r, at, item)
     return tuple(str(item) for _, item in items)
 
 
@@ -73,7 +76,7 @@ def _env(r: _checks.Report, where: str, value: object) -> tuple[tuple[str, str],
             r.expected(at, "a variable name [A-Za-z_][A-Za-z0-9_]*", key)
         elif isinstance(val, str | int | float):  # bool is an int: YAML true becomes "true"
             shown = str(val).lower() if isinstance(val, bool) else str(val)
-            if _checks.no_nul(r, at, shown):
+            if _checks.no_nul(r, at, shown) and _check_arg_length(r, at, f"{key}={shown}"):
                 env.append((key, shown))
         else:
             r.expected(at, "a string, number or boolean", val)
@@ -236,8 +239,18 @@ def _path(r: _checks.Report, where: str, value: object) -> str:
     return text
 
 
+def _check_arg_length(r: _checks.Report, where: str, text: str) -> bool:
+    """True when the kernel takes `text` as one argument or environment entry."""
+    if (size := len(text.encode("utf-8", "surrogatepass"))) > _MAX_ARG_BYTES:
+        r.add(where, f"is {size} bytes, over the kernel's limit of {_MAX_ARG_BYTES} per argument")
+        return False
+    return True
+
+
 def _check_path(r: _checks.Report, where: str, path: str, *, what: str) -> None:
-    if not path.startswith("/"):
+    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        r.add(where, f"{what} is longer than the kernel's limit of {_MAX_PATH_BYTES} bytes")
+    elif not path.startswith("/"):
         r.add(where, f'{what} "{path}" is not absolute')
     elif ".." in path.split("/"):
         r.add(where, f'{what} "{path}" contains ".."')

@@ -556,6 +556,9 @@ def test_null_match_labels_and_expressions_read_as_empty() -> None:
         ("working_dir", "/srv\x00", "must not contain a NUL byte"),
         ("volumes", ["/srv/a\x00:/data"], "must not contain a NUL byte"),
         ("devices", ["/dev/tty\x00"], "must not contain a NUL byte"),
+        ("command", ["x" * 200_000], "over the kernel's limit of 131071 per argument"),
+        ("env", {"A": "x" * 200_000}, "over the kernel's limit of 131071 per argument"),
+        ("working_dir", "/" + "a" * 5000, "longer than the kernel's limit of 4095 bytes"),
     ],
 )
 def test_values_the_engine_or_kernel_would_refuse_are_refused_here(field, value, message) -> None:
