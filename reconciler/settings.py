@@ -24,6 +24,7 @@ DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
+_MAX_COMMAND_TEXT = 4096  # a health command written as one string
 
 _DOCKER_SCHEMES = ("http", "https", "npipe", "ssh", "tcp", "unix")
 # host may be empty (every address) or a bracketed IPv6 address.
@@ -317,6 +318,9 @@ def _abs_path(r: _checks.Report, where: str, value: Any) -> str | None:
 def _command(r: _checks.Report, where: str, value: Any) -> tuple[str, ...] | None:
     """An argv from a string (split like a shell, never run by one) or a list of strings."""
     if isinstance(value, str):
+        if len(value) > _MAX_COMMAND_TEXT:  # shlex takes seconds over a long string
+            r.add(where, f"longer than {_MAX_COMMAND_TEXT} characters; write it as a list")
+            return None
         try:
             argv = shlex.split(value)
         except ValueError as exc:

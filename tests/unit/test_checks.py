@@ -208,3 +208,12 @@ def test_label_pairs_are_sorted_and_a_bad_pair_is_left_out_with_one_problem() ->
     assert pairs == (("ring", "a"), ("site", "b"))
     assert [field for field, _ in said(r)] == ['labels["bad key"]']
     assert said(r)[0][1].startswith('label key "bad key" is invalid')
+
+
+def test_a_duration_no_sleep_can_take_is_refused_with_a_bounded_message() -> None:
+    r = report()
+    assert _checks.duration(r, "a", "999999999999d") is None
+    assert _checks.duration(r, "b", "9" * 400 + "s") is None  # would be inf as a float
+    assert _checks.duration(r, "c", "36500d") == 36500 * 86400.0  # 100 years: still sleepable
+    assert [field for field, _ in said(r)] == ["a", "b"]
+    assert all(len(message) < 200 for _, message in said(r))

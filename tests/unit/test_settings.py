@@ -581,3 +581,8 @@ def test_a_nul_byte_in_a_path_or_argument_is_refused(section, key, value):
     found = problems(MINIMAL + written)
     assert len(found) == 1
     assert found[0].endswith("must not contain a NUL byte")
+
+
+def test_a_health_command_string_is_bounded_before_it_is_split():
+    found = problems(MINIMAL + f"health: {{commands: ['{'x' * 5000}']}}\n")
+    assert found == ["health.commands[0]: longer than 4096 characters; write it as a list"]
