@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -64,11 +65,11 @@ def run_boundary(boundary: boundaries.Boundary, cases: int, rng_seed: int) -> di
         stats["slowest"] = max(stats["slowest"], elapsed)
         if elapsed > HANG_SECONDS:
             stats["hangs"] += 1
-            examples.setdefault(f"hang {elapsed:.1f}s", data[:200])
+            examples.setdefault(f"hang {elapsed:.1f}s", data)
         if failure is not None:
             kind = f"{type(failure).__name__}: {str(failure)[:100]}"
             crashes[kind] += 1
-            examples.setdefault(kind, data[:200])
+            examples.setdefault(kind, data)
 
     one()
     return {**stats, "crashes": crashes, "examples": examples}
@@ -78,6 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=100_000, help="in all (default 100000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--save", help="directory to write each crash's and hang's input to")
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, _alarm)
     per_boundary = max(1, args.cases // len(boundaries.BOUNDARIES))
@@ -97,10 +99,13 @@ def main() -> int:
         examples = result["examples"]
         assert isinstance(examples, dict)
         for kind, count in crashes.most_common(10):
-            print(f"    {count:>6} x {kind}\n           e.g. {examples[kind]!r}")
-        for kind, data in examples.items():
+            print(f"    {count:>6} x {kind}\n           e.g. {examples[kind][:200]!r}")
+        for i, (kind, data) in enumerate(examples.items()):
             if kind.startswith("hang"):
-                print(f"    {kind}: e.g. {data!r}")
+                print(f"    {kind}: e.g. {data[:200]!r}")
+            if args.save:  # whole inputs, to replay: boundaries.check(boundary, bytes)
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                (Path(args.save) / f"{boundary.name}-{i}.bin").write_bytes(data)
         total["cases"] += int(result["cases"])  # type: ignore[call-overload]
         total["crashes"] += n_crashes
         total["hangs"] += int(result["hangs"])  # type: ignore[call-overload]
