@@ -45,7 +45,9 @@ class _StrictConstructor(yaml.constructor.SafeConstructor):
             return super().construct_object(node, deep=deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        # PyYAML's scalar constructors assume text their tag can hold: `!!int ""` is an
+        # IndexError, `!!bool maybe` a KeyError, `!!timestamp x` an AttributeError.
+        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError):
             shown = node.value if isinstance(node, yaml.ScalarNode) else ""
             kind = node.tag.rpartition(":")[2]
             raise ConstructorError(

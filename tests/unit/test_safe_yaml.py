@@ -31,6 +31,8 @@ def refusal(data: bytes, *, pure_python: bool) -> str:
         (b"a: " + b"9" * 5000, "invalid YAML: integer of 5000 characters, over the limit of 100"),
         (b"a: 1" + b":1" * 50_000, "invalid YAML: integer of 100001 characters"),
         (b"a: !!int abc", 'invalid YAML: "abc" is not a valid integer at line 1, column 4'),
+        (b"!!int : x", 'invalid YAML: "" is not a valid integer'),
+        (b"a: !!int", 'invalid YAML: "" is not a valid integer'),
         (b"a: !!float abc", 'invalid YAML: "abc" is not a valid number'),
         (b"a: !!bool maybe", 'invalid YAML: "maybe" is not a valid boolean'),
         (b"a: !!timestamp text", 'invalid YAML: "text" is not a valid date or time'),
