@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--save", help="directory to write each crash's and hang's input to")
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, _alarm)
-    per_boundary = max(1, args.cases // len(boundaries.BOUNDARIES))
+    per_boundary = max(1, -(-args.cases // len(boundaries.BOUNDARIES)))  # at least --cases
     started = time.perf_counter()
     total = {"cases": 0, "crashes": 0, "hangs": 0}
     print(f"{'boundary':<10} {'cases':>8} {'crashes':>8} {'hangs':>6} {'slowest':>9}")
