@@ -188,7 +188,7 @@ def _rollout(r: _checks.Report, where: str, value: object) -> tuple[model.Wave, 
 def _containers(r: _checks.Report, where: str, value: object) -> tuple[model.ContainerSpec, ...]:
     specs: list[model.ContainerSpec] = []
     names: dict[str, str] = {}
-    published: list[tuple[str, model.PortMapping]] = []
+    published: list[tuple[str, int, model.PortMapping]] = []  # (container path, index, port)
     for at, item in r.entries(where, value, empty="expected at least one container"):
         if isinstance(item, dict) and isinstance(name := item.get("name"), str):
             if name in names:
@@ -196,36 +196,41 @@ def _containers(r: _checks.Report, where: str, value: object) -> tuple[model.Con
             names.setdefault(name, at)
         if spec := _container(r, at, item):
             specs.append(spec)
-            published.extend((f"{at}.ports[{i}]", port) for i, port in enumerate(spec.ports))
-    for at, other_at, port in _port_clashes(published):
-        r.add(at, f"duplicate host port {port.host_port}/{port.protocol} (also {other_at})")
+            published.extend((at, i, port) for i, port in enumerate(spec.ports))
+    for i, j in _port_clashes([port for _, _, port in published]):
+        (at, index, port), (other_at, other_index, _) = published[i], published[j]
+        r.add(
+            f"{at}.ports[{index}]",
+            f"duplicate host port {port.host_port}/{port.protocol} "
+            f"(also {other_at}.ports[{other_index}])",
+        )
     return tuple(specs)
 
 
-def _port_clashes(
-    published: list[tuple[str, model.PortMapping]],
-) -> list[tuple[str, str, model.PortMapping]]:
-    """(where, where of the first earlier clash, port) for each port bound twice.
+def _port_clashes(ports: list[model.PortMapping]) -> list[tuple[int, int]]:
+    """(index, index of the first earlier clash) for each port bound twice.
 
     Two mappings clash on the same host port and protocol when their host IPs are equal or either
     is a wildcard. Linear in the number of ports: a manifest may publish all 65,535 of them.
     """
-    first: dict[tuple[int, str], tuple[int, str]] = {}  # earliest mapping of a port/protocol
-    wildcard: dict[tuple[int, str], tuple[int, str]] = {}  # earliest wildcard one
-    by_ip: dict[tuple[int, str, str], tuple[int, str]] = {}  # earliest one per host IP
+    first: dict[tuple[int, str], int] = {}  # earliest mapping of a port/protocol
+    wildcard: dict[tuple[int, str], int] = {}  # earliest wildcard one
+    by_ip: dict[tuple[int, str, str], int] = {}  # earliest one per host IP
     clashes = []
-    for i, (at, port) in enumerate(published):
+    for i, port in enumerate(ports):
         slot = (port.host_port, port.protocol)
         if port.host_ip in _WILDCARD_IPS:
-            earlier = [first.get(slot)]
-            wildcard.setdefault(slot, (i, at))
+            earlier = first.get(slot)
+            wildcard.setdefault(slot, i)
         else:
-            earlier = [wildcard.get(slot), by_ip.get((*slot, port.host_ip))]
-            by_ip.setdefault((*slot, port.host_ip), (i, at))
-        first.setdefault(slot, (i, at))
-        found = [e for e in earlier if e is not None]
-        if found:
-            clashes.append((at, min(found)[1], port))
+            same_ip, any_ip = by_ip.get((*slot, port.host_ip)), wildcard.get(slot)
+            earlier = (
+                any_ip if same_ip is None else same_ip if any_ip is None else min(same_ip, any_ip)
+            )
+            by_ip.setdefault((*slot, port.host_ip), i)
+        first.setdefault(slot, i)
+        if earlier is not None:
+            clashes.append((i, earlier))
     return clashes
 
 

@@ -175,7 +175,8 @@ def _check_graph(root: yaml.Node, *, file: str, limit: int) -> None:
         total = 1
         if isinstance(node, yaml.SequenceNode):
             for child in node.value:
-                total += size(child, depth + 1)
+                # Scalars, most of any document, without a call: a 1 MiB list stays fast.
+                total += 1 if type(child) is yaml.ScalarNode else size(child, depth + 1)
                 if total > limit:
                     break
         elif isinstance(node, yaml.MappingNode):
