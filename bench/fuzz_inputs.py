@@ -4,8 +4,9 @@ Runs the same hypothesis strategies as `tests/fuzz/test_inputs.py` (structure-aw
 valid documents, raw byte mutations, random bytes) through manifests, the device config, label
 files, inventories, releases, bare YAML and durations, and prints, per boundary and in all:
 cases, crashes (anything but the documented error, or a message that is unbounded or not one
-escaped line), hangs (a case over 2 s; a case is interrupted after 30 s), the slowest case and the
-process's peak RSS. Exit status 1 when there was any crash or hang.
+escaped line), hangs, the slowest case and the process's peak RSS. A case over 2 s is retried
+twice and is a hang only when every try is that slow (a loaded machine stalls now and then; such
+stalls are counted apart); a case is interrupted after 30 s. Exit status 1 on any crash or hang.
 
     .venv/bin/python -m bench.fuzz_inputs [--cases 100000] [--seed 1]
 """
@@ -40,7 +41,7 @@ def _alarm(_signum: int, _frame: FrameType | None) -> None:
 def run_boundary(boundary: boundaries.Boundary, cases: int, rng_seed: int) -> dict[str, object]:
     crashes: collections.Counter[str] = collections.Counter()
     examples: dict[str, bytes] = {}
-    stats = {"cases": 0, "hangs": 0, "slowest": 0.0}
+    stats = {"cases": 0, "hangs": 0, "stalls": 0, "slowest": 0.0}
 
     @seed(rng_seed)
     @settings(
@@ -51,7 +52,7 @@ def run_boundary(boundary: boundaries.Boundary, cases: int, rng_seed: int) -> di
         suppress_health_check=list(HealthCheck),
     )
     @given(data=boundaries.inputs(boundary))
-    def one(data: bytes) -> None:
+    def timed(data: bytes) -> tuple[BaseException | None, float]:
         signal.alarm(INTERRUPT_SECONDS)
         started = time.perf_counter()
         try:
@@ -60,8 +61,16 @@ def run_boundary(boundary: boundaries.Boundary, cases: int, rng_seed: int) -> di
             failure = TimeoutError(f"interrupted after {INTERRUPT_SECONDS}s")
         finally:
             signal.alarm(0)
-        elapsed = time.perf_counter() - started
+        return failure, time.perf_counter() - started
+
+    def one(data: bytes) -> None:
+        failure, elapsed = timed(data)
         stats["cases"] += 1
+        if elapsed > HANG_SECONDS:
+            # On a shared machine a case can stall for reasons of its own; a hang is a case
+            # that is slow again when retried (twice), as hypothesis confirms a deadline.
+            stats["stalls"] += 1
+            elapsed = min(elapsed, *(timed(data)[1] for _ in range(2)))
         stats["slowest"] = max(stats["slowest"], elapsed)
         if elapsed > HANG_SECONDS:
             stats["hangs"] += 1
@@ -84,7 +93,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     per_boundary = max(1, -(-args.cases // len(boundaries.BOUNDARIES)))  # at least --cases
     started = time.perf_counter()
-    total = {"cases": 0, "crashes": 0, "hangs": 0}
+    total = {"cases": 0, "crashes": 0, "hangs": 0, "stalls": 0}
     print(f"{'boundary':<10} {'cases':>8} {'crashes':>8} {'hangs':>6} {'slowest':>9}")
     for boundary in boundaries.BOUNDARIES:
         result = run_boundary(boundary, per_boundary, args.seed)
@@ -109,10 +118,12 @@ def main() -> int:
         total["cases"] += int(result["cases"])  # type: ignore[call-overload]
         total["crashes"] += n_crashes
         total["hangs"] += int(result["hangs"])  # type: ignore[call-overload]
+        total["stalls"] += int(result["stalls"])  # type: ignore[call-overload]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"total: {total['cases']} cases, {total['crashes']} crashes, {total['hangs']} hangs "
-        f"(> {HANG_SECONDS:g} s), peak RSS {peak_mib:.0f} MiB, "
+        f"(> {HANG_SECONDS:g} s, also on two retries; {total['stalls']} slow once only), "
+        f"peak RSS {peak_mib:.0f} MiB, "
         f"{time.perf_counter() - started:.0f} s wall"
     )
     return 1 if total["crashes"] or total["hangs"] else 0
