@@ -43,15 +43,6 @@ def run_boundary(boundary: boundaries.Boundary, cases: int, rng_seed: int) -> di
     examples: dict[str, bytes] = {}
     stats = {"cases": 0, "hangs": 0, "stalls": 0, "slowest": 0.0}
 
-    @seed(rng_seed)
-    @settings(
-        max_examples=cases,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate],  # the body never fails: nothing to shrink
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(data=boundaries.inputs(boundary))
     def timed(data: bytes) -> tuple[BaseException | None, float]:
         signal.alarm(INTERRUPT_SECONDS)
         started = time.perf_counter()
@@ -63,6 +54,15 @@ def run_boundary(boundary: boundaries.Boundary, cases: int, rng_seed: int) -> di
             signal.alarm(0)
         return failure, time.perf_counter() - started
 
+    @seed(rng_seed)
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],  # the body never fails: nothing to shrink
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(data=boundaries.inputs(boundary))
     def one(data: bytes) -> None:
         failure, elapsed = timed(data)
         stats["cases"] += 1
