@@ -28,6 +28,7 @@ import ctypes.util
 import io
 import os
 import re
+import shutil
 import struct
 import tempfile
 import time
@@ -316,6 +317,7 @@ def run_soak(args: argparse.Namespace) -> int:
         registry.close()
         client.close()
         lease.release()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(

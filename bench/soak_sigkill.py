@@ -31,6 +31,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import tempfile
@@ -209,6 +210,7 @@ def soak(args: argparse.Namespace) -> int:
         registry.close()
         client.close()
         lease.release()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(tally: Tally, elapsed: float) -> None:
