@@ -34,6 +34,7 @@ import random
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed")
     args = parser.parse_args(argv)
+    # A plain kill must still stop the daemon, the registry and the containers we started.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 32)
     print(f"# SIGKILL soak, {datetime.now(UTC):%Y-%m-%d %H:%M}, {machine()}", flush=True)
