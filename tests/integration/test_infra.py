@@ -176,8 +176,8 @@ exec -a dockerd sleep 600
 @pytest.fixture
 def stand_in_layout(docker_host, monkeypatch):
     """An engine layout in a fresh run dir (its own lock, users and marker files) where starting
-    "dockerd" runs the stand-in above; yields the env naming it. The stand-ins are stopped at the
-    end whatever the test did."""
+    "dockerd" runs the stand-in above, named by the environment; yields that layout. The
+    stand-ins are stopped at the end whatever the test did."""
     if not docker_host.startswith("unix://"):
         pytest.skip("the stand-in links to the engine's unix socket; DOCKER_HOST is not one")
     # Short: a unix socket path must fit in 108 bytes.
