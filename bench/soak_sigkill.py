@@ -15,8 +15,11 @@ its kind, then `reconciler once` runs again, uninterrupted. After each restart:
 
 Runs until --kills processes were really killed (a delay past the end of a run kills nothing and
 is counted apart). Prints the kills, the mixed states, the lost last-good states, and the
-distribution of the kill moments (fraction of the span, and the last step each killed run
-logged). Usage (as root, engine started or reused the way the tests do it; about 30 minutes):
+distribution of the kill moments (fraction of the span, and where each killed run was by the
+records it logged: start-up, fetch/verify/pull, apply after its n-th action, health wait, rollback
+after its n-th action, exiting).
+
+Usage (as root, engine started or reused the way the tests do it; about 30 minutes):
 
     nice -n 10 .venv/bin/python -m bench.soak_sigkill [--kills 200] [--seed N]
 """
@@ -91,16 +94,28 @@ def saved(lab: DeviceLab) -> state.DeviceState:
     return state.from_json((lab.state_dir / "state.json").read_bytes())
 
 
-def last_step(log: Path) -> str:
-    """The event of the last JSON record the run logged: the step the kill landed after."""
-    event = "(nothing logged)"
+def kill_phase(log: Path) -> str:
+    """Where the killed run was, from the JSON records it logged before the kill."""
+    events = []
     with contextlib.suppress(OSError):
         for line in log.read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if isinstance(record, dict) and "event" in record:
-                    event = str(record["event"])
-    return event
+                    events.append(str(record["event"]))
+    steps = [e for e in events if e.startswith(("apply.", "health.wait", "rollback.start"))]
+    if not events:
+        return "start-up (nothing logged yet)"
+    if "cycle.done" in events:
+        return "after cycle.done (exiting)"
+    if "rollback.start" in events:
+        after = steps[steps.index("rollback.start") + 1 :]
+        return f"rollback, after {after[-1]} #{len(after)}" if after else "rollback, at its start"
+    if steps and steps[-1] == "health.wait":
+        return "health wait"
+    if steps:
+        return f"apply, after {steps[-1]} #{len(steps)}"
+    return "fetch, verify, pull"
 
 
 def quietly_release(lab: DeviceLab, refs: dict[str, str], **kwargs: object) -> str:
@@ -163,7 +178,7 @@ def soak(args: argparse.Namespace) -> int:
             else:
                 tally.kills += 1
                 tally.fractions[kind].append(moment / spans[kind])
-                tally.last_steps[kind][last_step(lab.root / "once.log")] += 1
+                tally.last_steps[kind][kill_phase(lab.root / "once.log")] += 1
             aimed = {("web", "side", aimed_revision), ("web", "web", aimed_revision)}
             last_good = revisions(before)
             try:  # before the restart: the killed run's state.json
@@ -224,7 +239,7 @@ def report(tally: Tally, elapsed: float) -> None:
     print(f"restarts that did not finish the change: {len(tally.not_converged)}")
     for line in (tally.mixed + tally.lost + tally.not_converged)[:20]:
         print(f"  {line}")
-    print("kill moments (fraction of the span, deciles; then the last step the run logged):")
+    print("kill moments (fraction of the span, deciles; then where the run was, from its log):")
     for kind in ("apply", "rollback"):
         deciles = collections.Counter(min(int(f * 10), 9) for f in tally.fractions[kind])
         histogram = " ".join(f"{deciles[d]:3d}" for d in range(10))
