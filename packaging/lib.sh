@@ -48,6 +48,18 @@ require_tools() {
     done
 }
 
+# qemu_name DEBIAN_ARCH: qemu-user-static's name for it (its binfmt handler is qemu-NAME).
+qemu_name() {
+    case $1 in
+    amd64) echo x86_64 ;;
+    arm64) echo aarch64 ;;
+    armhf | armel) echo arm ;;
+    i386) echo i386 ;;
+    ppc64el) echo ppc64le ;;
+    *) echo "$1" ;;
+    esac
+}
+
 # Re-execute this script in its own mount namespace, once (children inherit the namespace).
 enter_private_mounts() {
     if [ -z "${RECONCILER_PRIVATE_MOUNTS:-}" ]; then
