@@ -77,9 +77,9 @@ def architecture() -> str:
     return result.stdout.strip()
 
 
-def apt_cache() -> Path:
+def apt_cache(arch: str | None = None) -> Path:
     """Downloaded .debs, shared by every chroot the tests and scripts make."""
-    path = CACHE_ROOT / "apt" / f"{SUITE}-{architecture()}"
+    path = CACHE_ROOT / "apt" / f"{SUITE}-{arch or architecture()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -102,18 +102,23 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def base_tarball(*, timeout: float = 900) -> Path:
-    """The cached base rootfs of SUITE for this architecture, made on first use (~35 s)."""
+def base_tarball(*, arch: str | None = None, timeout: float = 900) -> Path:
+    """The cached base rootfs of SUITE for this architecture (or `arch`), made on first use
+    (~35 s; a foreign architecture runs under qemu-user: ~15 min)."""
     script = PACKAGING / "base-rootfs.sh"
     key = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
     directory = CACHE_ROOT / "rootfs"
-    prefix = f"{SUITE}-{architecture()}-"
+    arch = arch or architecture()
+    prefix = f"{SUITE}-{arch}-"
     path = directory / f"{prefix}{key}.tar"
     with _locked(directory / ".lock"):
         if path.exists() and time.time() - path.stat().st_mtime < BASE_MAX_AGE:
             return path
         result = subprocess.run(
-            [str(script), str(path), "--suite", SUITE, "--apt-cache", str(apt_cache())],
+            [
+                *(str(script), str(path), "--suite", SUITE, "--arch", arch),
+                *("--apt-cache", str(apt_cache(arch))),
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -147,16 +152,17 @@ class Bind:
 @dataclass(frozen=True)
 class Chroot:
     root: Path
+    arch: str | None = None  # None: the host's
 
     @classmethod
-    def extract(cls, tarball: Path, root: Path) -> Chroot:
+    def extract(cls, tarball: Path, root: Path, *, arch: str | None = None) -> Chroot:
         root.mkdir(parents=True)
         subprocess.run(
             ["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)],
             check=True,
             timeout=300,
         )
-        return cls(root)
+        return cls(root, arch)
 
     def run(
         self,
@@ -214,7 +220,7 @@ class Chroot:
             "APT::Sandbox::User=root",
             *args,
             binds=(
-                Bind(apt_cache(), "/var/cache/apt/archives"),
+                Bind(apt_cache(self.arch), "/var/cache/apt/archives"),
                 Bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf"),
             ),
             timeout=timeout,

@@ -42,33 +42,44 @@ def base_tarball(packaging_host: None) -> Path:
     return chroots.base_tarball()
 
 
-@pytest.fixture(scope="session")
-def deb(base_tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """reconciler_*.deb built from this checkout by packaging/build-deb.sh."""
-    out = tmp_path_factory.mktemp("deb")
+def build_deb(base: Path, out: Path, *args: str, arch: str | None = None) -> Path:
+    """packaging/build-deb.sh on `base` into `out`; the package it wrote."""
     result = subprocess.run(
         [
             str(chroots.PACKAGING / "build-deb.sh"),
             "--base",
-            str(base_tarball),
+            str(base),
             "--out",
             str(out),
             "--apt-cache",
-            str(chroots.apt_cache()),
+            str(chroots.apt_cache(arch)),
             "--pip-cache",
             str(chroots.pip_cache()),
             "--xz-level",
             "2",  # 4 s instead of 19 s, for a deb 2 MB larger
+            *args,
         ],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
         check=False,
     )
     assert result.returncode == 0, f"build-deb.sh failed:\n{result.stderr}"
     (built,) = out.glob("reconciler_*.deb")
     assert result.stdout.strip().splitlines()[-1] == str(built)
     return built
+
+
+@pytest.fixture(scope="session")
+def deb(base_tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """reconciler_*.deb built from this checkout by packaging/build-deb.sh."""
+    return build_deb(base_tarball, tmp_path_factory.mktemp("deb"))
+
+
+@pytest.fixture(scope="session")
+def rebuilt_deb(deb: Path, base_tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same commit built a second time, later, in another directory."""
+    return build_deb(base_tarball, tmp_path_factory.mktemp("deb-again"))
 
 
 @pytest.fixture(scope="module")
