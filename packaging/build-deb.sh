@@ -31,6 +31,8 @@ handle_help "$@"
 require_root
 enter_private_mounts "$@"
 
+# The package's file modes must not depend on the caller's umask.
+umask 022
 checkout=$(cd "$PACKAGING_DIR/.." && pwd)
 prefix=/usr/lib/reconciler
 base=""

@@ -141,8 +141,14 @@ def static_libraries(dist: importlib.metadata.Distribution) -> list[str]:
         if path.suffix != ".so" or not path.is_file():
             continue
         data = path.read_bytes()
-        if match := re.search(rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)", data):
-            found.append(f"OpenSSL {match[1].decode()} (Apache-2.0) in {file}")
+        # libcrypto's own symbols inside, no libcrypto.so linked: a static OpenSSL. Its version
+        # as OpenSSL_version() reports it, else the bare OPENSSL_VERSION_STR.
+        if b"OPENSSL_init" in data and b"libcrypto.so" not in data:
+            match = re.search(rb"OpenSSL (\d+\.\d+\.\d+[a-z]?) ", data) or re.search(
+                rb"\x00(\d+\.\d+\.\d+[a-z]?)\x00", data
+            )
+            version = match[1].decode() if match else "(version not recorded)"
+            found.append(f"OpenSSL {version} (Apache-2.0) in {file}")
         if b"yaml_parser_initialize" in data:
             import yaml  # type: ignore[import-untyped]  # present: this is PyYAML's own module
 
