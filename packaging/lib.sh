@@ -143,14 +143,23 @@ run_in() {
         "${CHROOT_ENV[@]}" chroot "$root" "$@"
 }
 
-# apt_in ROOT ARGS...: apt-get in ROOT, quiet, without recommends, never prompting.
+# apt_in ROOT ARGS...: apt-get in ROOT, quiet, without recommends, never prompting. With a
+# shared APT_CACHE, one apt-get at a time (APT_CACHE_LOCK, flock): apt locks the archive
+# directory and fails at once when another chroot's apt holds it (two builds side by side).
+APT_CACHE_LOCK=.reconciler-build.lock
 apt_in() {
-    local root=$1
+    local root=$1 lock="" status=0
     shift
+    if [ -n "${APT_CACHE:-}" ]; then
+        exec {lock}>>"$APT_CACHE/$APT_CACHE_LOCK"
+        flock "$lock"
+    fi
     run_in "$root" apt-get -q -y \
         -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=0 -o APT::Sandbox::User=root \
         -o Acquire::Retries=3 -o Dpkg::Options::=--force-confdef \
-        -o Dpkg::Options::=--force-confold "$@"
+        -o Dpkg::Options::=--force-confold "$@" || status=$?
+    [ -z "$lock" ] || exec {lock}>&-
+    return "$status"
 }
 
 # The directory holding this file: the packaging/ folder of a checkout (used by the scripts).

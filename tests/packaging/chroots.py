@@ -31,6 +31,7 @@ CACHE_ROOT = Path(os.environ.get("RECONCILER_TEST_CACHE") or "/var/cache/reconci
 BASE_MAX_AGE = 30 * 86400  # then the suite's point releases have moved on: bootstrap anew
 TOOLS = ("debootstrap", "dpkg-deb", "unshare", "chroot", "findmnt", "tar")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+APT_CACHE_LOCK = ".reconciler-build.lock"  # as packaging/lib.sh names it
 
 # Run by `unshare --mount` as: sh -c ENTER sh ROOT [SRC DST KIND]... -- ARGV...
 # KIND is "dir" or "file" (a bind mount needs a target of the same kind).
@@ -209,7 +210,13 @@ class Chroot:
         )
 
     def apt_get(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """apt-get in the chroot with the shared apt archive and the host's DNS (cold cache)."""
+        """apt-get in the chroot with the shared apt archive and the host's DNS (cold cache),
+        one at a time with the packaging scripts' (lib.sh, APT_CACHE_LOCK): apt fails at once
+        when another apt holds the archive directory."""
+        with _locked(apt_cache(self.arch) / APT_CACHE_LOCK):
+            return self._apt_get(*args, timeout=timeout)
+
+    def _apt_get(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         return self.run(
             "apt-get",
             "-q",

@@ -1,7 +1,7 @@
 """The arm64 package, built on this (amd64) machine with the arm64 build chroot under qemu-user.
 
 Opt-in (RECONCILER_TEST_ARM64=1): the arm64 base takes ~15 minutes to bootstrap under qemu the
-first time (cached after), and the build about ten. Needs Debian's qemu-user-static and
+first time (cached after), the build and the install about half an hour. Needs Debian's qemu-user-static and
 binfmt-support with the qemu-aarch64 handler registered (scripts/install.sh). The package is
 built by the same build-deb.sh from an arm64 base, installed with apt into a fresh arm64 chroot,
 and run there: its interpreter, its wheels' extension modules and the CLI under emulation.
@@ -28,7 +28,7 @@ BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 @pytest.fixture(scope="module")
 def arm64_base(packaging_host: None) -> Path:
     if os.environ.get("RECONCILER_TEST_ARM64") != "1":
-        pytest.skip("arm64 packaging runs with RECONCILER_TEST_ARM64=1 (~10 min under qemu)")
+        pytest.skip("arm64 packaging runs with RECONCILER_TEST_ARM64=1 (~30 min under qemu)")
     if chroots.architecture() != ARCH and (
         not BINFMT.exists() or not BINFMT.read_text().startswith("enabled")
     ):
