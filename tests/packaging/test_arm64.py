@@ -1,10 +1,11 @@
 """The arm64 package, built on this (amd64) machine with the arm64 build chroot under qemu-user.
 
 Opt-in (RECONCILER_TEST_ARM64=1): the arm64 base takes ~15 minutes to bootstrap under qemu the
-first time (cached after), the build and the install about half an hour. Needs Debian's qemu-user-static and
-binfmt-support with the qemu-aarch64 handler registered (scripts/install.sh). The package is
-built by the same build-deb.sh from an arm64 base, installed with apt into a fresh arm64 chroot,
-and run there: its interpreter, its wheels' extension modules and the CLI under emulation.
+first time (cached after), the build and the install about half an hour. Needs Debian's
+qemu-user-static and binfmt-support with the qemu-aarch64 handler registered
+(scripts/install.sh). The package is built by the same build-deb.sh from an arm64 base,
+installed with apt into a fresh arm64 chroot, and run there: its interpreter, its wheels'
+extension modules and the CLI under emulation.
 """
 
 from __future__ import annotations
