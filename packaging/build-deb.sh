@@ -242,7 +242,10 @@ install -m 755 "$PACKAGING_DIR/debian/postinst" "$PACKAGING_DIR/debian/prerm" \
     "$PACKAGING_DIR/debian/postrm" "$pkg/DEBIAN/"
 (cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
     xargs -0 md5sum) >"$pkg/DEBIAN/md5sums"
-installed_size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
+# KiB as dpkg-gencontrol counts them (each file rounded up, 1 per directory or link); du's
+# block counts depend on the file system's allocation, which differs between two builds.
+installed_size=$(find "$pkg" -path "$pkg/DEBIAN" -prune -o -printf '%y %s\n' |
+    awk '$1 == "f" { kib += int(($2 + 1023) / 1024); next } { kib += 1 } END { print kib }')
 {
     echo "Package: reconciler"
     echo "Version: $version"
