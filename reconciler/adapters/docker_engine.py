@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -66,6 +67,7 @@ HealthInfo = tr.HealthInfo
 
 _log = logging.getLogger("reconciler.engine")
 
+PORT_RELEASE_WAIT = 10.0  # Podman frees a torn-down container's host ports a moment late
 EXEC_TIMEOUT = 10.0  # an exec health check that takes longer has failed this probe
 
 
@@ -171,23 +173,36 @@ class DockerEngine:
     def exec_run(
         self, container_id: str, cmd: Sequence[str], *, timeout: float = EXEC_TIMEOUT
     ) -> int:
-        """Run `cmd` inside the container; its exit code. Detached, so output cannot block us;
-        polled until it exits or `timeout` passes (then EngineError: the engine has no way to
-        kill an exec, so a hung one is left to the container)."""
+        """Run `cmd` inside the container; its exit code. Attached, its output read and dropped
+        until the stream ends or `timeout` passes (then EngineError: the engine has no way to
+        kill an exec, so a hung one is left to the container).
+
+        Attached, not detached: Podman 4.3 never reports a detached exec as finished (its
+        inspect says Running until the container stops), and refuses an attach without a
+        stream, so both output streams are attached."""
         doing = f"exec {list(cmd)!r} in container {container_id[:12]}"
         deadline = time.monotonic() + timeout
         with self._boundary(doing):
-            exec_id = self._api.exec_create(container_id, list(cmd), stdout=False, stderr=False)[
+            exec_id = self._api.exec_create(container_id, list(cmd), stdout=True, stderr=True)[
                 "Id"
             ]
-            self._api.exec_start(exec_id, detach=True)
-            while True:
+            stream = self._api.exec_start(exec_id, socket=True)
+            # Over a unix socket docker-py hands out a SocketIO whose close() leaves the
+            # socket itself open: close that too.
+            sock = getattr(stream, "_sock", None)
+            try:
+                ended = _drain(stream, deadline)
+            finally:
+                stream.close()
+                if sock is not None:
+                    sock.close()
+            while ended:
                 info = self._api.exec_inspect(exec_id)
                 if not info.get("Running") and info.get("ExitCode") is not None:
                     return int(info["ExitCode"])
                 if time.monotonic() > deadline:
                     break
-                time.sleep(0.02)
+                time.sleep(0.02)  # the stream may end a moment before the exit is recorded
         raise errors.EngineError(
             f"docker engine ({self._where}): {doing}: still running after {timeout:.0f} s"
         )
@@ -344,9 +359,7 @@ class DockerEngine:
             return self._create(args)
         except errors.EngineError as e:
             cause = e.__cause__
-            if not (temporary_name and isinstance(cause, docker.errors.APIError)):
-                raise
-            if cause.status_code != 409:
+            if not (temporary_name and _is_name_conflict(cause)):
                 raise
         # A leftover replacement of ours (a crash between create and rename): start afresh.
         self._inspect_ours(name, f"create container {name}")
@@ -367,8 +380,23 @@ class DockerEngine:
         return str(created["Id"])
 
     def start(self, container_id: str) -> None:
-        with self._boundary(f"start container {container_id[:12]}"):
-            self._api.start(container_id)
+        """Start; while a host port is still held by a container being torn down, retry.
+
+        Podman frees a stopped or removed container's published ports only when its cleanup
+        process has run, a moment after the API call returned: starting the previous container
+        again right after its failed replacement was removed then fails with "address already
+        in use" (seen with Podman 4.3; Docker frees them before it answers)."""
+        deadline = time.monotonic() + PORT_RELEASE_WAIT
+        while True:
+            try:
+                with self._boundary(f"start container {container_id[:12]}"):
+                    self._api.start(container_id)
+            except errors.EngineError as e:
+                if "address already in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+            else:
+                return
 
     def stop(self, container_id: str, timeout: int = 10) -> None:
         self._inspect_ours(container_id, f"stop container {container_id[:12]}")
@@ -486,3 +514,24 @@ class DockerEngine:
     def remove_unused_networks(self, apps: Sequence[str]) -> None:
         for app in apps:
             self.remove_network_if_unused(app)
+
+
+def _is_name_conflict(error: BaseException | None) -> bool:
+    """The engine refused a create because the name is taken: Docker answers 409, Podman 4
+    answers 500 with "that name is already in use"."""
+    if not isinstance(error, docker.errors.APIError):
+        return False
+    return error.status_code == 409 or "already in use" in str(error.explanation or "")
+
+
+
+def _drain(stream: Any, deadline: float) -> bool:
+    """Read and drop what `stream` (an attached exec's socket) sends until it ends: True, or
+    until `deadline` (monotonic) passes: False. Never blocks past the deadline."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        readable, _, _ = select.select([stream], [], [], left)
+        if readable and not stream.read(65536):
+            return True
