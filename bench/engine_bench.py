@@ -7,6 +7,9 @@ Measures, against the real engine, a local registry and a local fleet repo (all 
 2. Resident memory of `reconciler run` after 1,000 unchanged cycles (driven by `sync`).
 3. Commit -> new content served, with `reconciler sync` right after the commit.
 4. How long the app answers nothing while `reconciler once` replaces its image.
+5. Failure known -> previous containers serving again, for an image that exits.
+6. A new revision whose `/healthz` answers 404 (`--only rollback404`): new container started ->
+   previous revision serving again, SPEC health defaults and `health.timeout: 120s`.
 
 Every number is the median of --runs runs (default 5). Usage (as root, engine started or reused
 the way the tests do it):
@@ -233,6 +236,53 @@ class Bench:
             spans.append(first_answer_after(failed_at))
         return spans
 
+    # --- 6. a replaced app answering 404: new container started -> previous one serving -----
+
+    def rollback_404(self) -> list[float]:
+        """From the start of the new container (the engine's `start` event) to the first answer
+        of the previous revision, for a new revision whose `/healthz` answers 404, with SPEC
+        defaults (interval 2s, start_period 0s, failure_threshold 3, stable_for 10s) and
+        `health.timeout: 120s`."""
+        lab = self.lab("rollback404")
+        lab.write_config(health={"timeout": "120s", "stable_for": "10s"})
+        port = lab.free_port()
+        web = {
+            "name": "web",
+            "image": self.refs["v1"],
+            "ports": [f"127.0.0.1:{port}:80"],
+            "health": {"http": {"port": port, "path": "/index.html"}},
+        }
+        lab.publish({"web": app_manifest("web", [web])})
+        assert lab.once().code == 0
+        label = f"{model.LABEL_NAMESPACE}={lab.namespace}"
+        spans = []
+        for run in range(self.runs):
+            broken = {
+                **web,
+                "image": self.refs["v2"],
+                "health": {"http": {"port": port, "path": "/healthz"}},  # busybox httpd: 404
+                "env": {"RUN": str(run)},  # a new revision each run: never held back yet
+            }
+            lab.publish({"web": app_manifest("web", [broken])})
+            since = time.time()
+            with answers_on(port) as answers:
+                result = lab.once()
+            assert result.code == 3, result.err
+            started = [
+                event["timeNano"] / 1e9
+                for event in self.client.api.events(
+                    since=int(since),
+                    until=int(time.time()) + 1,
+                    decode=True,
+                    filters={"type": "container", "event": "start", "label": label},
+                )
+                if event["timeNano"] / 1e9 >= since
+            ]
+            new_started = min(started)  # the new revision; the rollback's start comes after
+            back = next(t for t, body in answers() if t >= new_started and body == "bench v1")
+            spans.append(back - new_started)
+        return spans
+
     # --- 4. no answer during an update --------------------------------------------------------
 
     def downtime(self) -> list[float]:
@@ -281,6 +331,34 @@ def probe(port: int) -> Iterator[Callable[[], float]]:
     thread.start()
     try:
         yield lambda: longest[0]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def answers_on(port: int) -> Iterator[Callable[[], list[tuple[float, str]]]]:
+    """Records (wall time the request was sent, body) of every answer on the port, polled every
+    5 ms. The send time, so an answer of the old container still in flight when it stopped does
+    not count as one given after the new container started."""
+    stop = threading.Event()
+    seen: list[tuple[float, str]] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            sent = time.time()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.1) as reply:
+                    body = reply.read().decode(errors="replace").strip()
+                seen.append((sent, body))
+            except OSError:
+                pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield lambda: list(seen)
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -347,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-100", action="store_true", help="skip the 100-app cycle")
     parser.add_argument(
         "--only",
-        default="cycle,rss,latency,downtime,rollback",
-        help="comma-separated parts (default: all): cycle, rss, latency, downtime, rollback",
+        default="cycle,rss,latency,downtime,rollback,rollback404",
+        help="comma-separated parts (default: all): cycle, rss, latency, downtime, rollback, "
+        "rollback404",
     )
     args = parser.parse_args(argv)
     logs.setup(level="error")  # the in-process cycles would warn about the unsigned lab release
@@ -379,6 +458,14 @@ def main(argv: list[str] | None = None) -> int:
         if "rollback" in parts:
             recovery = median_ms(bench.rollback_recovery())
             print(f"failure known -> previous containers serving again: {recovery}")
+        if "rollback404" in parts:
+            spans = bench.rollback_404()
+            print(
+                "/healthz answers 404, health.timeout 120s: new container started -> previous "
+                f"revision serving again: {median_ms(spans)} "
+                f"(runs: {', '.join(f'{x:.2f} s' for x in spans)})",
+                flush=True,
+            )
     finally:
         bench.close()
     return 0

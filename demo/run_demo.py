@@ -195,6 +195,7 @@ class Demo:
             "devices/inventory.yaml (the kiosks get the change, the gateway does not):"
         )
         self.edit("/demo/web:1.0", "/demo/web:1.1")
+        self.commit("web 1.1")  # the pull request's commit: checks judge committed files
         self.reconciler("validate", "fleet")
         self.reconciler("plan", "fleet", "--inventory", "fleet/devices/inventory.yaml")
         say(
@@ -202,7 +203,6 @@ class Demo:
             "device runs its next cycle (the daemon, `reconciler run`, does so every poll "
             "interval):"
         )
-        self.commit("web 1.1")
         self.ci_release()
         self.reconciler("once", "--config", CONFIG)
         self.expect_page("1.1")

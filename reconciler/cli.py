@@ -281,7 +281,8 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     validate = _verb(
         verbs,
         "validate",
-        help_text="Validate every manifest of a fleet repo checkout (for pull-request checks).",
+        help_text="Validate every manifest committed at HEAD of a fleet repo, read as devices "
+        "read it (for pull-request checks); uncommitted edits are listed, not judged.",
         example="reconciler validate ./fleet   # exit 0 valid, 1 invalid",
         handler=_validate,
     )
@@ -307,7 +308,8 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     release = _verb(
         verbs,
         "release",
-        help_text="Write .fleet/release.json (the snapshot devices pin) from the checkout.",
+        help_text="Write .fleet/release.json (the snapshot devices pin) from the manifests "
+        "committed at HEAD; refused while manifests differ from HEAD.",
         example="reconciler release ./fleet --no-sign --expires-in 30d",
         handler=_release,
     )
@@ -411,7 +413,7 @@ def _release(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         for line in image_pins.describe(images):
             print(f"pinned: {line}", file=sys.stderr)
-    previous = trust_verbs.read_if_present(root / release.RELEASE_PATH)
+    previous = trust_verbs.read_if_present(root, release.RELEASE_PATH)
     code, data = repo_verbs.write_release(root, expires_in=expires_in, images=images)
     if code != EXIT_OK or data is None:
         return code
@@ -426,7 +428,7 @@ def _release(args: argparse.Namespace) -> int:
         issuer=args.issuer,
     )
     if code != EXIT_OK:  # nothing half-done: an unsigned new release is not left behind
-        trust_verbs.restore(root / release.RELEASE_PATH, previous)
+        trust_verbs.restore(root, release.RELEASE_PATH, previous)
     return code
 
 

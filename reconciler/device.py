@@ -97,10 +97,12 @@ def open_device(
         cache_dir=Path(device_settings.state_dir) / GIT_CACHE,
         urls=source_urls(device_settings),
         branch=device_settings.source.branch,
+        timeout=device_settings.source.timeout,
     )
     engine = DockerEngine(
         base_url=device_settings.runtime.docker_host,
         namespace=device_settings.runtime.namespace,
+        pull_stall_timeout=device_settings.runtime.pull_stall_timeout,
     )
     try:
         yield Device(

@@ -19,7 +19,16 @@ Rules, per container:
   window). A restart moves the window's start to the next passing observation; a check that fails
   inside the window does not restart it, but the app passes only on an observation whose check
   passes (SPEC 3.1: "stay running, without restarts, this long").
+- The check is probed every `health.interval` (SPEC 2.1; default 2 s) while the container runs;
+  its state is inspected more often (`POLL_INTERVAL`), and the last probe's result stands until
+  the next one. A restart or a stop drops that result and makes the next probe due at once.
+  A failed probe: an HTTP answer outside 200..399, a refused, reset or timed-out connection, an
+  `exec` exiting non-zero or running past its timeout, a HEALTHCHECK reporting "unhealthy" (read
+  from the inspect at each probe time). Not a failed probe: an engine that cannot be asked (it
+  may be restarting) and a HEALTHCHECK still "starting". A passing probe resets the count.
 - Failure is decided at once, without waiting out the timeout, when it is certain:
+  - `failure_threshold` failed probes in a row after `start_period` (counted from the start of
+    the wait, which begins right after the apply started the containers);
   - exited and its restart policy will not bring it back (`no`, or `on-failure` after exit 0),
     or `dead`;
   - it keeps restarting: the restart count rose by 2 or more since the wait began, or it was
@@ -27,7 +36,8 @@ Rules, per container:
     does not depend on the poll interval);
   - `docker: true` but the running container reports no health status twice in a row (the
     image has no HEALTHCHECK, so it can never pass).
-  A HEALTHCHECK reporting "unhealthy" is not certain (it may recover): we keep waiting.
+  `health.timeout` stays the bound for a container that never becomes healthy (one that keeps
+  waiting, e.g. "starting" forever, or failing probes inside `start_period`).
 - A container with restart `no` (or `on-failure`) that exited 0 and has no `health` check is a
   finished job (a migration, a one-shot init), not a failure: it counts as healthy. With a check
   it fails, since the check can no longer pass.
@@ -72,7 +82,9 @@ from reconciler.settings import HealthSettings
 
 _log = logging.getLogger("reconciler.health")
 
-PROBE_TIMEOUT = 2.0  # one http/tcp probe; a slow answer is retried next interval
+PROBE_TIMEOUT = 2.0  # one http/tcp probe; no answer within it is a failed probe
+POLL_INTERVAL = 0.25  # between inspects of the containers; probes follow each check's interval
+_DUE_SLACK = 0.01  # a probe this close to due runs now rather than a round later
 # How long a tcp probe waits to see whether the connection is closed at once (userland proxy
 # with nothing listening behind it closes within milliseconds of the accept).
 TCP_LINGER = 0.2
@@ -99,7 +111,9 @@ class HealthEngine(Protocol):
 
     def inspect_health(self, container_id: str) -> HealthInfo: ...
 
-    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int: ...
+    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int | None:
+        """The exit code; None when it was still running at the engine client's timeout."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -119,10 +133,15 @@ class Verdict:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One http/tcp/exec probe: passed or not, and what was seen (for the reason)."""
+    """One http/tcp/exec probe: passed or not, and what was seen (for the reason).
+
+    `counts` is False when the probe could not be made (the engine could not run the exec): it
+    neither passes nor counts toward `failure_threshold`.
+    """
 
     ok: bool
     detail: str
+    counts: bool = True
 
 
 @dataclass(frozen=True)
@@ -199,26 +218,52 @@ def http_url(host: str, port: int, path: str) -> str:
 
 
 class ContainerWatch:
-    """Bookkeeping for one container across observations: certain failures, the stable window.
+    """Bookkeeping for one container across observations: probe timing and failed probes in a
+    row, certain failures, the stable window.
 
     Pure: `observe` takes the observation and the time it was made. FAILED is final; STABLE and
     WAITING are re-decided on every observation (a container that was stable may crash later).
+    `started` is when the wait began (`start_period` counts from it); by default the time of the
+    first observation.
     """
 
-    def __init__(self, *, container: str, spec: model.ContainerSpec, stable_for: float) -> None:
+    def __init__(
+        self,
+        *,
+        container: str,
+        spec: model.ContainerSpec,
+        stable_for: float,
+        started: float | None = None,
+    ) -> None:
         self.container = container
         self.spec = spec
         self.stable_for = stable_for
         self.check = check_label(spec)
         self.last = Assessment(State.WAITING, "not observed yet")
+        self._started = started
         self._baseline: int | None = None  # restart count when the wait began
         self._episodes = 0  # separate runs of "restarting" observations
         self._in_restart = False
         self._no_healthcheck = 0  # running with no HEALTHCHECK status, in a row
         self._window_start: float | None = None  # when the checks first passed
         self._window_restarts = 0  # restart count at the window's start
+        self._probe: ProbeResult | None = None  # the last probe of this run of the container
+        self._probe_restarts = 0  # restart count when it was made
+        self._next_probe: float | None = None  # None: due now
+        self._failed_in_row = 0  # failed probes in a row after start_period
+
+    def probe_due(self, now: float) -> bool:
+        """Whether the check should be probed on an observation made at `now`."""
+        return self._next_probe is None or now >= self._next_probe - _DUE_SLACK
+
+    @property
+    def next_probe(self) -> float | None:
+        """When the next probe is due (None: at once, or no probe while FAILED)."""
+        return None if self.last.state is State.FAILED else self._next_probe
 
     def observe(self, seen: Observation, now: float) -> Assessment:
+        if self._started is None:
+            self._started = now
         if self.last.state is State.FAILED:
             return self.last
         self.last = self._assess(seen, now)
@@ -243,9 +288,15 @@ class ContainerWatch:
             )
         if seen.status != "running":
             self._window_start = None  # "stay running": any stop breaks the window
+            self._forget_probe()
             return Assessment(State.WAITING, _status_reason(seen, self.spec.restart))
         if self._window_start is not None and seen.restart_count != self._window_restarts:
             self._window_start = None  # restarted between two looks
+        if self._probe is not None and seen.restart_count != self._probe_restarts:
+            self._forget_probe()  # that probe judged the container's previous run
+        failed_probes = self._count_probe(seen, now)
+        if failed_probes is not None:
+            return Assessment(State.FAILED, failed_probes)
         passed, detail = self._check_passes(seen)
         if self._window_start is None:
             if not passed:
@@ -262,6 +313,48 @@ class ContainerWatch:
             State.WAITING,
             f"{self.check} passes; must stay running without restarts for "
             f"{self.stable_for:g} s ({stable_seconds:.1f} s so far)",
+        )
+
+    def _forget_probe(self) -> None:
+        self._probe = None
+        self._next_probe = None
+
+    def _count_probe(self, seen: Observation, now: float) -> str | None:
+        """Take this observation's probe (for `docker`, the HEALTHCHECK status when a probe is
+        due); the reason when it makes `failure_threshold` failed probes in a row."""
+        check = self.spec.health
+        if check is None:
+            return None
+        if check.kind == "docker":
+            if not self.probe_due(now):
+                return None
+            verdict = {"healthy": True, "unhealthy": False}.get(seen.docker_health or "")
+            probe = (
+                None
+                if verdict is None
+                else ProbeResult(ok=verdict, detail=f"reports {seen.docker_health}")
+            )
+            self._next_probe = now + check.interval
+        elif seen.probe is None:
+            return None
+        else:
+            probe = seen.probe
+            self._probe, self._probe_restarts = probe, seen.restart_count
+            self._next_probe = now + check.interval
+        if probe is None or not probe.counts:
+            return None
+        if probe.ok:
+            self._failed_in_row = 0
+            return None
+        started = now if self._started is None else self._started
+        if now - started < check.start_period:
+            return None  # failed probes in the start period do not count
+        self._failed_in_row += 1
+        if self._failed_in_row < check.failure_threshold:
+            return None
+        return (
+            f"unhealthy: {self.check}: {probe.detail}; {self._failed_in_row} failed probe(s) in "
+            f"a row, {check.interval:g} s apart (failure_threshold {check.failure_threshold})"
         )
 
     def _certain_failure(self, seen: Observation) -> str | None:
@@ -323,9 +416,12 @@ class ContainerWatch:
             if seen.docker_health == "healthy":
                 return True, f"{self.check} reports healthy"
             return False, f"{self.check} reports {seen.docker_health or 'no status'}"
-        if seen.probe is None:
+        if self._probe is None:
             return False, f"{self.check}: not probed"
-        return seen.probe.ok, f"{self.check}: {seen.probe.detail}"
+        if not self._probe.counts:
+            return False, f"{self.check}: {self._probe.detail}"
+        failed = f" ({self._failed_in_row} in a row)" if self._failed_in_row > 1 else ""
+        return self._probe.ok, f"{self.check}: {self._probe.detail}{failed}"
 
 
 def _status_reason(seen: Observation, restart: model.RestartPolicy) -> str:
@@ -350,14 +446,19 @@ class HealthWatch:
     `expire()` at the deadline fails whatever is undecided. `done` once every app is decided.
     """
 
-    def __init__(self, targets: Sequence[Target], settings: HealthSettings) -> None:
+    def __init__(
+        self, targets: Sequence[Target], settings: HealthSettings, *, started: float | None = None
+    ) -> None:
         self.settings = settings
         self.failed: dict[str, str] = {}
         self.passed: set[str] = set()
         self._watches: dict[str, list[tuple[Target, ContainerWatch]]] = {}
         for target in targets:
             watch = ContainerWatch(
-                container=target.container, spec=target.spec, stable_for=settings.stable_for
+                container=target.container,
+                spec=target.spec,
+                stable_for=settings.stable_for,
+                started=started,
             )
             self._watches.setdefault(target.app, []).append((target, watch))
         self._host_reason: str | None = None  # the last failing host command, if any
@@ -379,6 +480,19 @@ class HealthWatch:
 
     def unreachable(self, target: Target, reason: str) -> Assessment:
         return self._watch(target).unreachable(reason)
+
+    def probe_due(self, target: Target, now: float) -> bool:
+        return self._watch(target).probe_due(now)
+
+    def next_probe(self) -> float | None:
+        """The earliest time a probe of an undecided container falls due (None: none planned)."""
+        due = [
+            watch.next_probe
+            for app in self.undecided()
+            for _, watch in self._watches[app]
+            if watch.next_probe is not None
+        ]
+        return min(due, default=None)
 
     def end_round(self) -> bool:
         """Decide the apps this round settled; True when the host commands should run now."""
@@ -432,16 +546,17 @@ def wait_healthy(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    interval: float = 0.25,
+    poll: float = POLL_INTERVAL,
 ) -> Verdict:
     """Wait until every app in `targets` is healthy or certainly not, at most `settings.timeout`.
 
-    Probes run one after another each `interval`; each http/tcp probe and host command is bounded
-    (`PROBE_TIMEOUT`, the time left), an `exec` check only by the engine client's own timeout.
+    Containers are inspected every `poll` seconds (sooner when a probe falls due); each check is
+    probed at its own `interval`. Probes run one after another; each http/tcp probe and host
+    command is bounded (`PROBE_TIMEOUT`, the time left), an `exec` check by the engine adapter.
     """
     started = clock()
     deadline = started + settings.timeout
-    watch = HealthWatch(targets, settings)
+    watch = HealthWatch(targets, settings, started=started)
     while not watch.done:
         for target in watch.to_observe():
             _observe(engine, watch, target, clock=clock, deadline=deadline)
@@ -454,7 +569,11 @@ def wait_healthy(
         if now >= deadline:
             watch.expire(settings.timeout)
             break
-        sleep(min(interval, deadline - now))
+        wake = min(now + poll, deadline)
+        due = watch.next_probe()
+        if due is not None and due > now:  # one overdue (engine unreachable) waits a poll
+            wake = min(wake, due)
+        sleep(max(wake - now, _DUE_SLACK))
     seconds = clock() - started
     for app in watch.passed:
         logs.event(_log, logging.INFO, "health.passed", app=app, seconds=round(seconds, 2))
@@ -477,7 +596,11 @@ def _observe(
         watch.unreachable(target, f"cannot inspect: {exc}")
         return
     probe = None
-    if info.status == "running" and target.spec.health is not None:
+    if (
+        info.status == "running"
+        and target.spec.health is not None
+        and watch.probe_due(target, clock())
+    ):
         timeout = min(PROBE_TIMEOUT, max(deadline - clock(), 0.1))
         probe = run_probe(engine, target, timeout=timeout)
     watch.observe(target, Observation.from_info(info, probe), clock())
@@ -492,7 +615,9 @@ def run_probe(engine: HealthEngine, target: Target, *, timeout: float) -> ProbeR
         try:
             code = engine.exec_run(target.container_id, check.command)
         except errors.EngineError as exc:
-            return ProbeResult(ok=False, detail=f"could not run: {exc}")
+            return ProbeResult(ok=False, detail=f"could not run: {exc}", counts=False)
+        if code is None:
+            return ProbeResult(ok=False, detail="timed out (still running)")
         return ProbeResult(ok=code == 0, detail=f"exited {code}")
     port = check.port or 0
     host = probe_host(target.spec, port)

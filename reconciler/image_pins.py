@@ -20,12 +20,17 @@ Resolver = Callable[[str], str]  # image ref -> "sha256:..." digest
 
 
 def resolve(root: Path, *, resolver: Resolver | None = None) -> dict[str, dict[str, str]]:
-    """{manifest path: {container: repo@digest}} for every valid manifest of the checkout.
+    """{manifest path: {container: repo@digest}} for every valid manifest committed at HEAD
+    (the manifests `release` pins), read from Git objects as devices read them.
 
-    Invalid manifests are skipped here: `release` reports them with every other problem.
+    Invalid or unreadable manifests are skipped here, and so is a checkout without a commit:
+    `release` reports them with every other problem.
     """
+    snapshot = checkout.Snapshot.at(root)
+    if snapshot is None:
+        return {}
+    files, _problems = snapshot.manifest_files()
     lookup = resolver or engine_resolver()
-    files, _problems = checkout.manifest_files(root)
     pins: dict[str, dict[str, str]] = {}
     problems: list[Problem] = []
     cache: dict[str, str] = {}

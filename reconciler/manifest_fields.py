@@ -12,10 +12,20 @@ import ipaddress
 import json
 import math
 import re
+from typing import Any
 
 from reconciler import _checks, model
 
 _HEALTH_KINDS = ("http", "tcp", "exec", "docker")
+_HEALTH_TIMING = ("interval", "start_period", "failure_threshold")
+# Probe timing bounds (SPEC 2.1 health): field -> (low, high, the range as users read it). More
+# than 10 probes a second is load on a small device, not a faster verdict; past the upper bounds
+# `health.timeout` decides long before anyway, and every accepted value is one `time.sleep` takes.
+_HEALTH_DURATIONS = {
+    "interval": (0.1, 3600.0, "from 100ms to 1h"),
+    "start_period": (0.0, 86400.0, "from 0s to 24h"),
+}
+_MAX_FAILURE_THRESHOLD = 1000
 # distribution/reference grammar, with digests restricted to sha256.
 _PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -162,21 +172,23 @@ def _cpus(r: _checks.Report, where: str, value: object) -> float | None:
 
 
 def _health(r: _checks.Report, where: str, value: object) -> model.HealthCheck | None:
-    body = r.fields(where, value, allowed=_HEALTH_KINDS)
+    body = r.fields(where, value, allowed=(*_HEALTH_KINDS, *_HEALTH_TIMING))
     if body is None:
         return None
-    if len(body) != 1:
-        got = ", ".join(map(str, body)) or "none"
+    kinds = [key for key in body if key in _HEALTH_KINDS]
+    if len(kinds) != 1:
+        got = ", ".join(kinds) or "none"
         r.add(where, f"expected exactly one of {', '.join(_HEALTH_KINDS)}, got {got}")
         return None
-    ((kind, spec),) = body.items()
+    timing = _health_timing(r, where, body)
+    kind, spec = kinds[0], body[kinds[0]]
     at = f"{where}.{kind}"
     if kind == "exec":
-        return model.HealthCheck(kind="exec", command=_argv(r, at, spec))
+        return model.HealthCheck(kind="exec", command=_argv(r, at, spec), **timing)
     if kind == "docker":
         if spec is not True:
             r.expected(at, "true (omit health for no check)", spec)
-        return model.HealthCheck(kind="docker")
+        return model.HealthCheck(kind="docker", **timing)
     probe = r.fields(at, spec, allowed=("port", "path")[: 2 if kind == "http" else 1])
     if probe is None:
         return None
@@ -186,7 +198,28 @@ def _health(r: _checks.Report, where: str, value: object) -> model.HealthCheck |
     path = probe.get("path", "/")
     if not isinstance(path, str) or not path.startswith("/"):
         r.expected(f"{at}.path", 'a URL path starting with "/"', path)
-    return model.HealthCheck(kind="http" if kind == "http" else "tcp", port=port, path=str(path))
+    return model.HealthCheck(
+        kind="http" if kind == "http" else "tcp", port=port, path=str(path), **timing
+    )
+
+
+def _health_timing(r: _checks.Report, where: str, body: dict[object, object]) -> dict[str, Any]:
+    """The valid `interval`, `start_period` and `failure_threshold` of a health mapping (the
+    model's defaults stand for the absent and the invalid ones, which are reported)."""
+    timing: dict[str, Any] = {}
+    for key, (low, high, shown) in _HEALTH_DURATIONS.items():
+        if key in body:
+            seconds = _checks.duration(r, f"{where}.{key}", body[key])
+            if seconds is not None and not low <= seconds <= high:
+                r.add(f"{where}.{key}", f"must be {shown}, got {_checks.show_json(body[key])}")
+            elif seconds is not None:
+                timing[key] = seconds
+    if "failure_threshold" in body:
+        at, value = f"{where}.failure_threshold", body["failure_threshold"]
+        threshold = _checks.int_in(r, at, value, low=1, high=_MAX_FAILURE_THRESHOLD)
+        if threshold is not None:
+            timing["failure_threshold"] = threshold
+    return timing
 
 
 def _string(r: _checks.Report, where: str, value: object) -> str:

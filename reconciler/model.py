@@ -75,12 +75,20 @@ class DeviceMapping:
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """Exactly one kind: `http` (host port + path), `tcp` (host port), `exec`, `docker`."""
+    """Exactly one kind: `http` (host port + path), `tcp` (host port), `exec`, `docker`.
+
+    `interval`: seconds between probes; `start_period`: seconds after the health wait begins in
+    which failed probes do not count; `failure_threshold`: failed probes in a row (after the
+    start period) that make the container unhealthy at once (SPEC 2.1).
+    """
 
     kind: Literal["http", "tcp", "exec", "docker"]
     port: int | None = None
     path: str = "/"
     command: tuple[str, ...] = ()
+    interval: float = 2.0
+    start_period: float = 0.0
+    failure_threshold: int = 3
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from reconciler import checkout, desired, inventory, labels, manifests, model, release
+from reconciler import (
+    checkout,
+    desired,
+    inventory,
+    labels,
+    manifests,
+    model,
+    release,
+    text,
+    verification,
+)
 from reconciler.errors import Problem, ProblemsError
 
 INVENTORY_PATH = inventory.PATH
@@ -44,12 +54,26 @@ class Device:
 
 
 def validate(root: Path, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Print every problem of the checkout, one line each; 0 when there are none, 1 otherwise."""
+    """Print every problem of the fleet repo, one line each; 0 when there are none, 1 otherwise.
+
+    Judges HEAD's committed files, read from Git objects as devices read them (devices only
+    ever see commits); work-tree edits not committed yet are named on `err`, not judged.
+    Outside Git, the files on disk are judged, and `err` says so.
+    """
     out, err = out or sys.stdout, err or sys.stderr
     if not root.is_dir():
         print(f"validate: {_safe(str(root))}: not a directory", file=err)
         return 2
-    files, problems = checkout.manifest_files(root)
+    snapshot = checkout.Snapshot.at(root)
+    if snapshot is None:
+        print(
+            "warning: not a Git work tree with a commit: validated the files on disk; "
+            "devices read only committed files",
+            file=err,
+        )
+        files, problems = checkout.manifest_files(root)
+    else:
+        files, problems = snapshot.manifest_files()
     apps, parse_problems = manifests.parse_many(files)
     problems += parse_problems
     # What `release` would refuse (paths devices cannot read back) fails the pull request too.
@@ -61,20 +85,56 @@ def validate(root: Path, *, out: TextIO | None = None, err: TextIO | None = None
     )
     for rel, check in others:
         try:
-            data = checkout.read_optional(root, rel, limit=release.MAX_BYTES + 1)
+            if snapshot is None:
+                data = checkout.read_optional(root, rel, limit=release.MAX_BYTES + 1)
+            else:
+                data = snapshot.read(rel, limit=release.MAX_BYTES)
             if data is not None:
                 check(data)
         except ProblemsError as exc:
             problems += exc.problems
+    if snapshot is not None:
+        bundle = snapshot.problem(release.BUNDLE_PATH, limit=verification.MAX_BUNDLE_BYTES)
+        problems += [bundle] if bundle is not None else []
+        read = [*files, *_present(snapshot, [INVENTORY_PATH, *_FLEET_FILES])]
+        problems += snapshot.transformed(read)
     # Sorted by file (stable, so each file's problems keep their order) for reading in CI logs.
     problems = sorted(problems, key=lambda p: p.file)
     _print_problems(problems, out=out)
+    if snapshot is not None:
+        _warn_uncommitted(root, snapshot, err=err)
     if problems:
         count = len({p.file for p in problems})
         print(f"validate: {len(problems)} problem(s) in {count} file(s)", file=out)
         return 1
     print(f"validate: {len(apps)} app manifest(s) valid", file=out)
     return 0
+
+
+_FLEET_FILES = (release.RELEASE_PATH, release.BUNDLE_PATH)
+
+
+def _present(snapshot: checkout.Snapshot, rels: Iterable[str]) -> list[str]:
+    return [rel for rel in rels if snapshot.entry(rel) is not None]
+
+
+def _warn_uncommitted(root: Path, snapshot: checkout.Snapshot, *, err: TextIO) -> None:
+    """Name the work-tree changes `validate` did not judge: devices read only commits."""
+    changed = [
+        path
+        for path in checkout.work_tree_changes(root, [checkout.APPS_DIR, INVENTORY_PATH])
+        if manifests.is_manifest_path(path) or path == INVENTORY_PATH
+    ]
+    if not changed:
+        return
+    print(
+        f"warning: {len(changed)} file(s) differ from the commit validated "
+        f"(HEAD {snapshot.commit[:12]}); devices read only commits, so these edits were not "
+        "validated: commit them and run validate again",
+        file=err,
+    )
+    for line in checkout.lines_of(changed):
+        print(f"  {_safe(line)}", file=err)
 
 
 def _release_build_problems(files: Mapping[str, bytes]) -> list[Problem]:
@@ -130,7 +190,7 @@ def plan(
         print("plan: fix the manifests first (reconciler validate)", file=out)
         return 1
     last, against = _last_release(root, err=err)
-    previous = _apps_of_release(root, last, err=err) if last else []
+    previous = _apps_of_release(root, last, known=apps, err=err) if last else []
     pins = last.pins if last else {}
     # A pin carries over only while the manifest's bytes are unchanged (as `release` does).
     same = {a.path for a in apps if a.path in pins and pins[a.path].sha256 == a.revision}
@@ -241,7 +301,7 @@ def _print_tables(tables: Sequence[tuple[Device, list[_Row], list[str]]], *, out
                 f"  {r.mark} {r.app:<{app_w}}  {r.revision:<{rev_w}}  {r.status:<{status_w}}  "
                 f"{r.images:<{images_w}}{note}"
             )
-            print(_safe(line.rstrip()), file=out)
+            print(text.escape(line.rstrip()), file=out)  # values were validated
         if not_selected:
             print(f"    not selected: {', '.join(not_selected)}", file=out)
         elif not rows:
@@ -266,29 +326,65 @@ def _last_release(root: Path, *, err: TextIO) -> tuple[release.Release | None, s
     return last, f"release {last.version} (commit {commit}, created {_time(last.created)})"
 
 
-def _apps_of_release(root: Path, last: release.Release, *, err: TextIO) -> list[model.AppManifest]:
+def _apps_of_release(
+    root: Path,
+    last: release.Release,
+    *,
+    known: Sequence[model.AppManifest],
+    err: TextIO,
+) -> list[model.AppManifest]:
     """The manifests the last release pinned, read at its source commit (or HEAD, or the work
     tree, wherever the bytes still match the pin). Ones found nowhere are warned about and left
-    out, so their devices show them as new rather than guessing what they ran."""
+    out, so their devices show them as new rather than guessing what they ran.
+
+    Each commit is listed once and its blobs read through one `git cat-file --batch`, so a
+    release pinning thousands of apps costs a handful of git processes, not two per app. A pin
+    whose bytes are those of a `known` manifest (the work tree's, parsed already) reuses it:
+    parsing is most of plan's time, and unchanged apps are most of a fleet.
+    """
+    wanted = {path: pin.sha256 for path, pin in last.apps}
     files: dict[str, bytes] = {}
     # A release made from a dirty tree and committed with it holds its bytes at HEAD instead.
-    commits = dict.fromkeys(c for c in (last.source_commit, checkout.head_commit(root)) if c)
-    for path, pin in last.apps:
-        found = [checkout.file_at_commit(root, commit, path) for commit in commits]
-        with contextlib.suppress(ProblemsError):  # a symlink there is no match either
-            found.append(checkout.read_optional(root, path))
-        data = next((d for d in found if d is not None and release.digest(d) == pin.sha256), None)
-        if data is None:
-            print(
-                f"warning: {_safe(path)}: pinned by release {last.version}, but its bytes are "
-                "neither at its source commit, at HEAD nor in the work tree; planned as if new",
-                file=err,
-            )
+    snapshots = [checkout.Snapshot.at(root, rev) for rev in (last.source_commit, "HEAD")]
+    seen: set[str] = set()
+    for snapshot in snapshots:
+        if snapshot is None or snapshot.commit in seen:
             continue
-        files[path] = data
-    apps, problems = manifests.parse_many(files)
+        seen.add(snapshot.commit)
+        missing = [path for path in wanted if path not in files]
+        # Symlinks and oversized blobs there are no match: their problems are not reported.
+        found, _problems = snapshot.read_many(missing, limit=checkout.MANIFEST_LIMIT)
+        files.update((p, d) for p, d in found.items() if release.digest(d) == wanted[p])
+    for path in (path for path in wanted if path not in files):
+        with contextlib.suppress(ProblemsError):  # a symlink there is no match either
+            data = checkout.read_optional(root, path)
+            if data is not None and release.digest(data) == wanted[path]:
+                files[path] = data
+    for path in (path for path in wanted if path not in files):
+        print(
+            f"warning: {_safe(path)}: pinned by release {last.version}, but its bytes are "
+            "neither at its source commit, at HEAD nor in the work tree; planned as if new",
+            file=err,
+        )
+    reuse = {(m.path, m.revision): m for m in known}
+    parsed = {p: reuse[(p, wanted[p])] for p in files if (p, wanted[p]) in reuse}
+    fresh, problems = manifests.parse_many({p: d for p, d in files.items() if p not in parsed})
+    parsed.update((m.path, m) for m in fresh)
+    apps: list[model.AppManifest] = []
+    owner: dict[str, str] = {}
+    for path in sorted(parsed):  # one app per name, as `manifests.parse_many` decides
+        manifest = parsed[path]
+        if manifest.name in owner:
+            message = f'duplicate app name "{manifest.name}" (also in {owner[manifest.name]})'
+            problems.append(Problem(path, "metadata.name", message))
+            continue
+        owner[manifest.name] = path
+        apps.append(manifest)
     for problem in problems:
-        print(f"warning: release {last.version} pins an invalid manifest: {problem}", file=err)
+        print(
+            f"warning: release {last.version} pins an invalid manifest: {_safe(str(problem))}",
+            file=err,
+        )
     return apps
 
 
@@ -329,10 +425,13 @@ def write_release(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> tuple[int, bytes | None]:
-    """Build and write `.fleet/release.json` from the checkout; returns (exit code, bytes).
+    """Build `.fleet/release.json` from HEAD's committed files and write it; (exit code, bytes).
 
-    Nothing is written when any manifest, or the previous release, is invalid: a release must
-    only ever pin what devices accept, and its version must follow the previous one.
+    The pins are the sha256 of the committed blobs, read from Git objects exactly as devices
+    read them. Nothing is written when any manifest, or the previous (committed) release, is
+    invalid or unreadable to a device (symlink, submodule, over its size limit, rewritten by
+    `.gitattributes`), or when manifests differ between the work tree and HEAD: a release
+    must only ever pin bytes devices get, and its version must follow the previous one.
     """
     out, err = out or sys.stdout, err or sys.stderr
     now = now or datetime.now(UTC)
@@ -342,11 +441,30 @@ def write_release(
     if expires_in < 1:
         print("release: --expires-in must be at least 1s", file=err)
         return 2, None
-    files, problems = checkout.manifest_files(root)
+    snapshot = checkout.Snapshot.at(root)
+    if snapshot is None:
+        print(
+            f"release: {_safe(str(root))}: not a Git work tree with a commit; devices read "
+            "committed files only: commit the fleet repo, then release",
+            file=err,
+        )
+        return 2, None
+    files, problems = snapshot.manifest_files()
     problems += manifests.parse_many(files)[1]
+    problems += snapshot.transformed([*files, *_FLEET_FILES])
+    for path in checkout.work_tree_changes(root, [checkout.APPS_DIR]):
+        if manifests.is_manifest_path(path):
+            problems.append(
+                Problem(
+                    path,
+                    "",
+                    f"differs from HEAD {snapshot.commit[:12]} in the work tree (not committed); "
+                    "a release pins committed bytes only: commit it, then release",
+                )
+            )
     previous = None
     try:
-        data = checkout.read_optional(root, release.RELEASE_PATH, limit=release.MAX_BYTES + 1)
+        data = snapshot.read(release.RELEASE_PATH, limit=release.MAX_BYTES)
         previous = release.parse(data) if data is not None else None
     except ProblemsError as exc:
         problems += exc.problems
@@ -358,6 +476,8 @@ def write_release(
                 "which devices refuse as a rollback",
             )
         )
+    named = {p.file for p in problems}  # a committed symlink is also one in the work tree
+    problems += [p for p in target_problems(root) if p.file not in named]
     built = None
     if not problems:
         try:
@@ -365,7 +485,7 @@ def write_release(
                 files,
                 previous=previous,
                 now=now,
-                source_commit=checkout.head_commit(root),
+                source_commit=snapshot.commit,
                 expires_in=expires_in,
                 images=images,
             )
@@ -375,41 +495,43 @@ def write_release(
             print("release: --expires-in is too far in the future", file=err)
             return 2, None
     if built is None:
-        _print_problems(sorted(problems, key=lambda p: p.file), out=out)
+        _print_problems(_unique(sorted(problems, key=lambda p: p.file)), out=out)
         print("release: nothing written", file=out)
         return 1, None
     data = release.serialize(built)
-    target = root / release.RELEASE_PATH
-    tmp = target.with_name(target.name + ".tmp")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        tmp.replace(target)  # atomic: a reader never sees half a release
-    except OSError as exc:
-        print(f"release: cannot write {release.RELEASE_PATH}: {exc.strerror or exc}", file=err)
+        checkout.replace_file(root, release.RELEASE_PATH, data)
+    except (OSError, ProblemsError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"release: cannot write {release.RELEASE_PATH}: {_safe(str(reason))}", file=err)
         return 1, None
-    _warn_release(root, built, files, err=err)
+    if not files:
+        print("warning: the release pins no apps: devices will remove every app", file=err)
     print(
-        f"release {built.version}: {len(files)} app(s), commit {built.source_commit[:12] or '-'}, "
+        f"release {built.version}: {len(files)} app(s), commit {built.source_commit[:12]}, "
         f"expires {_time(built.expires)}, written to {release.RELEASE_PATH}",
         file=out,
     )
     return 0, data
 
 
-def _warn_release(
-    root: Path, built: release.Release, files: Mapping[str, bytes], *, err: TextIO
-) -> None:
-    if not built.source_commit:
-        print("warning: not a Git work tree with a commit; source_commit is empty", file=err)
-    for path in checkout.uncommitted(root, sorted(files)):
-        print(
-            f"warning: {_safe(path)}: not committed as is (HEAD is {built.source_commit[:12]}); "
-            "commit it with the release, or devices refuse the release (sha256 mismatch)",
-            file=err,
-        )
-    if not files:
-        print("warning: the release pins no apps: devices will remove every app", file=err)
+def target_problems(root: Path) -> list[Problem]:
+    """Why `release` must not write `.fleet/release.json` or its bundle in the work tree: a
+    symlink at either or at `.fleet/` (the write would land outside the repo), or something
+    that is not a regular file there."""
+    problems = []
+    for rel in _FLEET_FILES:
+        problem = checkout.link_problem(root, rel)
+        path = root / rel
+        if problem is None and path.exists() and not path.is_file():
+            problem = Problem(rel, "", "is not a regular file in the work tree")
+        if problem is not None and problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+def _unique(problems: Iterable[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
 
 
 # --- output helpers --------------------------------------------------------------------------
@@ -420,11 +542,9 @@ def _print_problems(problems: Iterable[Problem], *, out: TextIO) -> None:
         print(_safe(str(problem)), file=out)
 
 
-def _safe(text: str) -> str:
-    """One printable line: file names and values may hold newlines or terminal escapes."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def _safe(untrusted: str) -> str:
+    """One printable, bounded line: file names and values may hold newlines or escapes."""
+    return text.one_line(untrusted)
 
 
 def _time(moment: datetime) -> str:

@@ -28,6 +28,7 @@ DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
 _DOCKER_SCHEMES = ("http", "https", "npipe", "ssh", "tcp", "unix")
+_MAX_NETWORK_TIMEOUT = 3600.0  # source.timeout, runtime.pull_stall_timeout
 # host may be empty (every address) or a bracketed IPv6 address.
 _LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>[0-9]{1,5})")
 # git check-ref-format, simplified: what a branch name may not contain.
@@ -56,6 +57,8 @@ class SourceConfig:
     `mirrors`: tried in order when `url` fails; default none. `branch`: default `main`.
     `poll_interval`: seconds, > 0; default 60. `jitter`: fraction of the interval in [0, 1]
     added at random so a fleet does not poll in step; default 0.1.
+    `timeout`: seconds one Git network call (ref query, fetch) may take before it is killed and
+    the next remote is tried; default 60.
     """
 
     url: str
@@ -63,6 +66,7 @@ class SourceConfig:
     branch: str = "main"
     poll_interval: float = 60.0
     jitter: float = 0.1
+    timeout: float = 60.0
 
     @property
     def remotes(self) -> tuple[str, ...]:
@@ -98,11 +102,13 @@ class RuntimeConfig:
 
     `docker_host`: engine address; default the DOCKER_HOST environment variable, else None,
     meaning the engine's default socket. `namespace`: "" (default) or a DNS label, set to share
-    one engine between several reconcilers.
+    one engine between several reconcilers. `pull_stall_timeout`: seconds an image pull may go
+    without progress before it is aborted (a registry stalling mid-blob); default 120.
     """
 
     docker_host: str | None = None
     namespace: str = ""
+    pull_stall_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -293,6 +299,14 @@ def _branch_error(name: str) -> str | None:
     return f'"{name}" is not a valid git branch name' if _BAD_REF.search(name) else None
 
 
+def _network_timeout(r: _checks.Report, where: str, value: object) -> float | None:
+    """A deadline for a network call: > 0 and at most an hour (beyond, it is no deadline)."""
+    seconds = _checks.positive_duration(r, where, value)
+    if seconds is not None and seconds > _MAX_NETWORK_TIMEOUT:
+        r.add(where, f'must be at most 1h, got "{value}"')
+    return seconds
+
+
 def _namespace_error(name: str) -> str | None:
     problem = labels.dns_label_error(name) if name else None
     return f'must be "" or a DNS label: {problem}' if problem else None
@@ -372,6 +386,7 @@ _SCHEMA: dict[str, dict[str, _checks.Check]] = {
         "branch": _checks.rule(_checks.nonblank, _branch_error),
         "poll_interval": _checks.positive_duration,
         "jitter": _checks.fraction,
+        "timeout": _network_timeout,
     },
     "trust": {
         "identities": _checks.list_of(_identity),
@@ -381,6 +396,7 @@ _SCHEMA: dict[str, dict[str, _checks.Check]] = {
     "runtime": {
         "docker_host": _checks.rule(_checks.nonblank, _docker_host_error),
         "namespace": _checks.rule(_checks.string, _namespace_error),
+        "pull_stall_timeout": _network_timeout,
     },
     "health": {
         "timeout": _checks.positive_duration,

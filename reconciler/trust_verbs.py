@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from reconciler import release, verification
-from reconciler.errors import ProblemsError, ReconcilerError, VerificationError
+from reconciler import checkout, release, text, verification
+from reconciler.errors import Problem, ProblemsError, ReconcilerError, VerificationError
 from reconciler.settings import TrustConfig
 
 
@@ -26,17 +26,44 @@ def verify(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """0 when a device with `trust` would accept the checkout's release and manifests, else 1."""
+    """0 when a device with `trust` would accept the commit that committing `.fleet/` makes,
+    else 1.
+
+    That commit holds the release and bundle as they are in the work tree (`release` just
+    wrote them; the release workflow verifies before it commits) and every other file as HEAD
+    holds it. So the release and bundle are read from the work tree (regular files only, no
+    symlink followed, capped), every pinned manifest from HEAD's Git objects exactly as a
+    device reads it (no symlink or submodule followed, 1 MiB cap). Everything printed that
+    comes from the repo is escaped and bounded (`text.one_line`).
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    release_file = root / release.RELEASE_PATH
-    try:
-        data = release_file.read_bytes()
-    except OSError as exc:
-        print(f"verify: {release.RELEASE_PATH}: cannot read: {exc.strerror or exc}", file=err)
+    snapshot = checkout.Snapshot.at(root)
+    if snapshot is None:
+        print(
+            f"verify: {_show(str(root))}: not a Git work tree with a commit; devices read "
+            "committed files only",
+            file=err,
+        )
         return 1
-    bundle_file = root / release.BUNDLE_PATH
-    bundle = bundle_file.read_bytes() if bundle_file.is_file() else None
+    fleet_files = {
+        release.RELEASE_PATH: release.MAX_BYTES,
+        release.BUNDLE_PATH: verification.MAX_BUNDLE_BYTES,
+    }
+    # Rewritten by .gitattributes, the committed bytes would not be the signed ones.
+    problems = snapshot.transformed(list(fleet_files))
+    found: dict[str, bytes | None] = {}
+    for rel, limit in fleet_files.items():
+        try:
+            found[rel] = _read_work_tree(root, rel, limit=limit)
+        except ProblemsError as exc:
+            problems += exc.problems
+    if problems or found[release.RELEASE_PATH] is None:
+        for problem in problems or [Problem(release.RELEASE_PATH, "", "missing")]:
+            print(f"verify: {_show(str(problem))}", file=err)
+        return 1
+    data, bundle = found[release.RELEASE_PATH], found[release.BUNDLE_PATH]
+    assert data is not None
     if bundle is None and trust.allow_unsigned:
         print(
             f"verify: {release.BUNDLE_PATH}: missing; accepted only because "
@@ -51,23 +78,21 @@ def verify(
         try:
             signer = checker.verify(data, bundle, file=release.RELEASE_PATH)
         except VerificationError as exc:
-            print(f"verify: refused ({exc.reason}): {exc}", file=err)
+            print(f"verify: refused ({_show(exc.reason)}): {_show(str(exc))}", file=err)
             return 1
-        print(f"signed by {signer.identity} (issuer {signer.issuer})", file=out)
+        print(f"signed by {_show(signer.identity)} (issuer {_show(signer.issuer)})", file=out)
     try:
         parsed = release.parse(data)
     except ProblemsError as exc:
         for problem in exc.problems:
-            print(f"verify: {problem}", file=err)
+            print(f"verify: {_show(str(problem))}", file=err)
         return 1
-    files = {}
-    for path in parsed.pins:
-        candidate = root / path
-        if candidate.is_file() and not candidate.is_symlink():
-            files[path] = candidate.read_bytes()
-    problems = release.check_pins(parsed, files)
+    files, problems = snapshot.read_many(parsed.pins, limit=checkout.MANIFEST_LIMIT)
+    refused = {p.file for p in problems}  # a symlinked pin is not "missing" as well
+    problems += [p for p in release.check_pins(parsed, files) if p.file not in refused]
     for problem in problems:
-        print(f"verify: {problem}", file=err)
+        print(f"verify: {_show(str(problem))}", file=err)
+    _notes(root, snapshot, parsed, err=err)
     moment = now or datetime.now(UTC)
     expired = release.is_expired(parsed, moment)
     if expired:
@@ -76,17 +101,48 @@ def verify(
             "devices keep running apps but apply nothing new",
             file=err,
         )
-    present = sorted(str(p.relative_to(root)) for p in (root / "apps").rglob("*.yaml"))
-    for path in release.unlisted(parsed, present):
-        print(f"note: {path} is not in the release: devices ignore it", file=out)
+    present, _ = snapshot.manifest_files()
+    for path in release.unlisted(parsed, sorted(present)):
+        print(f"note: {_show(path)} is not in the release: devices ignore it", file=out)
     if problems or expired:
         return 1
     print(
-        f"release {parsed.version}: {len(parsed.pins)} app(s), every pin matches, "
+        f"release {parsed.version}: {len(parsed.pins)} app(s), every pin matches "
+        f"the committed files of HEAD {snapshot.commit[:12]}, "
         f"expires {parsed.expires:%Y-%m-%dT%H:%M:%SZ}",
         file=out,
     )
     return 0
+
+
+def _read_work_tree(root: Path, rel: str, *, limit: int) -> bytes | None:
+    """A regular file of the work tree, at most `limit` bytes, or None when absent; never
+    through a symlink (at it or on the way) and never a device, FIFO or directory."""
+    data = checkout.read_optional(root, rel, limit=limit + 1)
+    if data is not None and len(data) > limit:
+        raise ProblemsError([Problem(rel, "", f"is over the limit of {limit} bytes")])
+    return data
+
+
+def _notes(
+    root: Path, snapshot: checkout.Snapshot, parsed: release.Release, *, err: TextIO
+) -> None:
+    """Say what verify judged that the work tree does not show: devices read commits."""
+    for problem in snapshot.transformed(sorted(parsed.pins)):
+        print(f"warning: {_show(str(problem))}", file=err)
+    changed = [p for p in checkout.work_tree_changes(root, [checkout.APPS_DIR]) if p in parsed.pins]
+    if changed:
+        print(
+            f"warning: {len(changed)} pinned file(s) differ between the work tree and HEAD "
+            f"{snapshot.commit[:12]}; verify judged the committed bytes (what devices read):",
+            file=err,
+        )
+        for line in checkout.lines_of(changed):
+            print(f"  {_show(line)}", file=err)
+
+
+def _show(untrusted: str) -> str:
+    return text.one_line(untrusted)
 
 
 def sign_written_release(
@@ -107,33 +163,39 @@ def sign_written_release(
     except ReconcilerError as exc:
         print(f"release: signing failed, {release.BUNDLE_PATH} not written: {exc}", file=err)
         return 1
-    target = root / release.BUNDLE_PATH
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_bytes(bundle)
-    temporary.replace(target)
+    try:
+        checkout.replace_file(root, release.BUNDLE_PATH, bundle)
+    except (OSError, ProblemsError) as exc:
+        print(f"release: cannot write {release.BUNDLE_PATH}: {_show(str(exc))}", file=err)
+        return 1
     print(f"signed: {release.BUNDLE_PATH}", file=err)
     return 0
 
 
-def read_if_present(path: Path) -> bytes | None:
+def read_if_present(root: Path, rel: str) -> bytes | None:
+    """The work-tree file `rel` as it is before `release` replaces it, to put back if signing
+    fails; None when absent or unusable (a symlink, a FIFO, over the release size limit:
+    `release` refuses the first two, and devices refuse the last)."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
+        data = checkout.read_optional(root, rel, limit=release.MAX_BYTES + 1)
+    except ProblemsError:
         return None
+    return data if data is not None and len(data) <= release.MAX_BYTES else None
 
 
-def restore(path: Path, previous: bytes | None) -> None:
-    """Put back what `path` held before (or remove it if it did not exist)."""
+def restore(root: Path, rel: str, previous: bytes | None) -> None:
+    """Put back what `rel` held before (or remove it if it did not exist or was unusable)."""
     if previous is None:
-        path.unlink(missing_ok=True)
+        if checkout.link_problem(root, rel) is None:
+            (root / rel).unlink(missing_ok=True)
     else:
-        path.write_bytes(previous)
+        checkout.replace_file(root, rel, previous)
 
 
 def remove_stale_bundle(root: Path, *, err: TextIO | None = None) -> None:
     """`release --no-sign` rewrote release.json: an old bundle no longer matches it."""
     stale = root / release.BUNDLE_PATH
-    if stale.exists():
+    if checkout.link_problem(root, release.BUNDLE_PATH) is None and stale.is_file():
         stale.unlink()
         print(
             f"release: removed {release.BUNDLE_PATH}: it signed the previous release",

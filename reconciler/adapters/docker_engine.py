@@ -23,6 +23,11 @@ up to 1 s for a container alone on its app network when a request arrives during
 bridge loses carrier, the kernel flushes its ARP entry, and the ARP request sent before the new
 interface is up is retried only after 1 s (newer engines announce new interfaces, moby#48808).
 
+Deadlines: every API call has the client's timeout (`timeout`, 60 s; a stop adds its grace
+period), except a pull, which streams for as long as the download takes: it has a progress
+watchdog instead (`pull_stall_timeout`, default 120 s without a progress event aborts it).
+An exec is polled until its own timeout.
+
 Pulls: `pull_all` skips images already present (a tag is not re-resolved once pulled; releases
 made with `--resolve-images` pin digests, which is how a moved tag reaches devices). Removing a
 container also removes its anonymous volumes (`docker rm -v`), never named ones.
@@ -55,8 +60,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.auth
 import docker.errors
 import requests
+import urllib3.exceptions
 
 from reconciler import errors, model
 from reconciler.adapters import docker_translate as tr
@@ -69,17 +76,26 @@ _log = logging.getLogger("reconciler.engine")
 
 PORT_RELEASE_WAIT = 10.0  # Podman frees a torn-down container's host ports a moment late
 EXEC_TIMEOUT = 10.0  # an exec health check that takes longer has failed this probe
+# No progress event from a pull for this long aborts it. Generous: the engine sends progress at
+# least every few seconds while bytes arrive, and "Retrying in N seconds" while it retries.
+PULL_STALL_TIMEOUT = 120.0
 
 
 class DockerEngine:
     """One engine, one namespace. The client connects lazily, on the first call."""
 
     def __init__(
-        self, *, base_url: str | None = None, namespace: str = "", timeout: float = 60.0
+        self,
+        *,
+        base_url: str | None = None,
+        namespace: str = "",
+        timeout: float = 60.0,
+        pull_stall_timeout: float = PULL_STALL_TIMEOUT,
     ) -> None:
         self.namespace = namespace
         self._base_url = base_url
-        self._timeout = timeout
+        self._timeout = timeout  # every API call; a stop adds its grace period (docker-py)
+        self._pull_stall_timeout = pull_stall_timeout
         self._client: Any = None
         self._network_lock = threading.Lock()  # check-then-create is not atomic in the engine
         # Only a local engine shares our neighbour table; only root may change it.
@@ -172,10 +188,10 @@ class DockerEngine:
 
     def exec_run(
         self, container_id: str, cmd: Sequence[str], *, timeout: float = EXEC_TIMEOUT
-    ) -> int:
-        """Run `cmd` inside the container; its exit code. Attached, its output read and dropped
-        until the stream ends or `timeout` passes (then EngineError: the engine has no way to
-        kill an exec, so a hung one is left to the container).
+    ) -> int | None:
+        """Run `cmd` inside the container; its exit code, or None when it is still running after
+        `timeout` (a timed-out probe; the engine has no way to kill an exec, so a hung one is
+        left to the container). Attached, its output read and dropped until the stream ends.
 
         Attached, not detached: Podman 4.3 never reports a detached exec as finished (its
         inspect says Running until the container stops), and refuses an attach without a
@@ -201,11 +217,9 @@ class DockerEngine:
                 if not info.get("Running") and info.get("ExitCode") is not None:
                     return int(info["ExitCode"])
                 if time.monotonic() > deadline:
-                    break
+                    return None
                 time.sleep(0.02)  # the stream may end a moment before the exit is recorded
-        raise errors.EngineError(
-            f"docker engine ({self._where}): {doing}: still running after {timeout:.0f} s"
-        )
+        return None  # still running at the deadline
 
     # --- images ---------------------------------------------------------------------------
 
@@ -220,21 +234,65 @@ class DockerEngine:
         return True
 
     def pull(self, ref: str, *, progress: ProgressFn | None = None) -> None:
-        """Pull `ref` (tag or digest), feeding one line per progress event to `progress`."""
+        """Pull `ref` (tag or digest), feeding one line per progress event to `progress`.
+
+        Aborted (EngineError naming the image and its registry) when the engine sends no
+        progress event for `pull_stall_timeout` seconds: a registry that stalls mid-blob.
+        """
         repository, tag = tr.split_image_ref(ref)
-        with self._boundary(f"pull {ref}"):
-            for event in self._api.pull(repository, tag=tag, stream=True, decode=True):
-                if event.get("error"):
-                    raise errors.EngineError(
-                        f"docker engine ({self._where}): pull {ref}: {event['error']}"
-                    )
-                if progress is not None:
-                    parts = (event.get("id"), event.get("status"), event.get("progress"))
-                    progress(" ".join(str(p) for p in parts if p))
+        registry, _ = docker.auth.resolve_repository_name(repository)
+        doing = f"pull {ref}"
+        with self._boundary(doing):
+            try:
+                with self._pull_stream(repository, tag, registry) as events:
+                    for event in events:
+                        if event.get("error"):
+                            raise errors.EngineError(
+                                f"docker engine ({self._where}): {doing}: {event['error']}"
+                            )
+                        if progress is not None:
+                            parts = (event.get("id"), event.get("status"), event.get("progress"))
+                            progress(" ".join(str(p) for p in parts if p))
+            except (
+                urllib3.exceptions.ReadTimeoutError,
+                requests.exceptions.ReadTimeout,
+                TimeoutError,
+            ) as e:
+                raise errors.EngineError(
+                    f"docker engine ({self._where}): {doing}: no progress from registry "
+                    f"{registry} for {self._pull_stall_timeout:g} s: aborted (it stalls, or the "
+                    "link to it is down)"
+                ) from e
+            except urllib3.exceptions.HTTPError as e:  # the stream broke (the engine went away)
+                raise errors.EngineError(
+                    f"docker engine ({self._where}): {doing} from registry {registry}: {e}"
+                ) from e
         if not self.image_present(ref):
             raise errors.EngineError(
                 f"docker engine ({self._where}): pull {ref}: finished but the image is not present"
             )
+
+    @contextlib.contextmanager
+    def _pull_stream(self, repository: str, tag: str, registry: str) -> Iterator[Iterator[Any]]:
+        """The engine's progress events for one pull, as `APIClient.pull(stream=True)` gives
+        them, but with a read deadline: docker-py sends a pull with no timeout at all, so a
+        registry that stalls mid-blob (the engine then sends nothing) hung the cycle forever.
+        Each read of the stream waits at most `pull_stall_timeout`; closing the stream makes
+        the engine cancel the pull. Registry credentials as docker-py finds them."""
+        api = self._api
+        headers = {}
+        if header := docker.auth.get_config_header(api, registry):
+            headers["X-Registry-Auth"] = header
+        response = api._post(  # private, but stable since docker-py 1.x: the same call pull makes
+            api._url("/images/create"),
+            params={"tag": tag, "fromImage": repository},
+            headers=headers,
+            stream=True,
+            timeout=self._pull_stall_timeout,
+        )
+        with contextlib.closing(response):
+            api._raise_for_status(response)
+            yield api._stream_helper(response, decode=True)
 
     def pull_all(
         self, refs: Iterable[str], *, progress: ProgressFn | None = None, skip_present: bool = True

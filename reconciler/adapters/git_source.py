@@ -28,6 +28,7 @@ from pathlib import Path
 import git
 
 from reconciler import errors
+from reconciler import text as text_mod
 from reconciler.urls import redact, url_problem
 
 DEFAULT_TIMEOUT = 60.0
@@ -347,7 +348,8 @@ class GitSource:
         text = lines[first]
         if text.endswith(":") and first + 1 < len(lines):  # "unable to connect to host:" + errno
             text = f"{text} {lines[first + 1]}"
-        return re.sub(r"^(fatal|error):\s*", "", text)[:300]
+        # A server may send anything: its bytes reach the reason (and status) escaped.
+        return text_mod.one_line(re.sub(r"^(fatal|error):\s*", "", text), limit=300)
 
     def _scrub(self, text: str) -> str:
         for remote in self._remotes:

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler import repo_verbs, rollout
-from tests.cli.conftest import FleetRepo, run_console_script
+from reconciler import release, repo_verbs, rollout
+from tests.cli.conftest import FleetRepo, manifest, run_console_script
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GATEWAY = "{matchLabels: {role: gateway}}"
@@ -236,27 +236,39 @@ def test_a_corrupt_release_file_warns_and_plans_as_if_there_were_none(released, 
     }
 
 
+def hand_release(fleet: FleetRepo, pins: dict[str, str], *, source_commit: str) -> None:
+    """Write a release pinning `pins` ({path: manifest text}) as an older tool could have made
+    it: `release` itself only pins committed bytes."""
+    built = release.build(
+        {path: body.encode() for path, body in pins.items()},
+        previous=None,
+        now=T0,
+        source_commit=source_commit,
+        expires_in=86400.0,
+    )
+    fleet.write(".fleet/release.json", release.serialize(built))
+
+
 def test_a_pinned_manifest_missing_from_git_and_work_tree_is_warned_about(fleet):
     fleet.app("gw", image="127.0.0.1:5000/gw:1.0")
-    fleet.commit()
-    fleet.app("gw", image="127.0.0.1:5000/gw:9.9")  # released, but never committed
-    repo_verbs.write_release(
-        fleet.root, now=T0, expires_in=86400.0, err=io.StringIO(), out=io.StringIO()
-    )
-    fleet.app("gw", image="127.0.0.1:5000/gw:1.0")
+    commit = fleet.commit()
+    never_committed = manifest("gw", image="127.0.0.1:5000/gw:9.9")
+    hand_release(fleet, {"apps/gw/app.yaml": never_committed}, source_commit=commit)
     code, out, err = plan(fleet, T0, repo_verbs.Device("d", {}))
     assert code == 0
     assert err.startswith("warning: apps/gw/app.yaml: pinned by release 1, but its bytes are ")
     assert table(out)["d"]["gw"][0] == "+"
 
 
-def test_a_release_made_from_a_dirty_tree_and_committed_with_it_is_read_at_head(fleet):
+def test_a_release_whose_bytes_are_only_at_head_is_read_at_head(fleet):
     fleet.app("gw", image="127.0.0.1:5000/gw:1.0")
-    fleet.commit()
-    fleet.app("gw", image="127.0.0.1:5000/gw:2.0")
-    repo_verbs.write_release(
-        fleet.root, now=T0, expires_in=86400.0, err=io.StringIO(), out=io.StringIO()
+    first = fleet.commit()
+    hand_release(
+        fleet,
+        {"apps/gw/app.yaml": manifest("gw", image="127.0.0.1:5000/gw:2.0")},
+        source_commit=first,
     )
+    fleet.app("gw", image="127.0.0.1:5000/gw:2.0")
     fleet.commit("gw 2.0 and release 1")
     code, out, err = plan(fleet, T0, repo_verbs.Device("d", {}))
     assert (code, err) == (0, "")

@@ -117,6 +117,7 @@ def test_invalid_manifests_write_nothing_and_exit_1(fleet):
 def test_a_corrupt_previous_release_writes_nothing_and_says_how_to_recover(fleet):
     two_apps(fleet)
     fleet.write(RELEASE, "{not json")
+    fleet.commit("a broken release")
     code, _, out = write(fleet, T0)
     assert code == 1
     assert fleet.read(RELEASE) == b"{not json"
@@ -165,27 +166,46 @@ def test_a_directory_without_apps_is_not_released(tmp_path, run_cli):
     assert not (tmp_path / RELEASE).exists()
 
 
-def test_uncommitted_manifests_are_released_with_a_warning(fleet, run_cli):
+def test_uncommitted_manifests_are_refused_and_nothing_is_written(fleet, run_cli):
     two_apps(fleet)
     fleet.app("gw", image="127.0.0.1:5000/gw:2.0")
     fleet.app("new", image="127.0.0.1:5000/new:1")
+    fleet.remove("apps/kiosk/app.yaml")
     result = run_cli("release", str(fleet.root), "--no-sign")
-    assert result.code == 0
-    warned = [line.split(":")[1].strip() for line in result.err.splitlines()]
-    assert warned == ["apps/gw/app.yaml", "apps/new/app.yaml"]
-    assert "commit it with the release" in result.err
+    assert result.code == 1
+    *refused, last = result.lines
+    assert [line.split(":")[0] for line in refused] == [
+        "apps/gw/app.yaml",
+        "apps/kiosk/app.yaml",
+        "apps/new/app.yaml",
+    ]
+    assert all("not committed" in line and "commit it, then release" in line for line in refused)
+    assert last == "release: nothing written"
+    assert not (fleet.root / RELEASE).exists()
 
 
-def test_release_outside_git_leaves_source_commit_empty_and_warns(tmp_path, run_cli):
+def test_release_pins_the_committed_bytes(fleet):
+    two_apps(fleet)
+    fleet.write("apps/gw/notes.txt", "not a manifest, not committed\n")
+    code, _, _ = write(fleet, T0)
+    assert code == 0
+    committed = fleet.git("cat-file", "blob", "HEAD:apps/gw/app.yaml").encode()
+    assert doc(fleet)["apps"]["apps/gw/app.yaml"]["sha256"] == hashlib.sha256(committed).hexdigest()
+
+
+def test_release_outside_git_is_refused(tmp_path, run_cli):
     (tmp_path / "apps/gw").mkdir(parents=True)
     (tmp_path / "apps/gw/app.yaml").write_text(
         "apiVersion: reconciler/v1\nkind: App\nmetadata: {name: gw}\n"
         "spec: {containers: [{name: main, image: busybox}]}\n"
     )
     result = run_cli("release", str(tmp_path), "--no-sign")
-    assert result.code == 0
-    assert json.loads((tmp_path / RELEASE).read_text())["source_commit"] == ""
-    assert "source_commit is empty" in result.err
+    assert result.code == 2
+    assert result.err == (
+        f"release: {tmp_path}: not a Git work tree with a commit; devices read committed "
+        "files only: commit the fleet repo, then release\n"
+    )
+    assert not (tmp_path / RELEASE).exists()
 
 
 def test_console_script_release_then_plan_shows_no_changes(fleet):

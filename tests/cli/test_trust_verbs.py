@@ -64,9 +64,22 @@ def test_verify_refuses_a_changed_manifest_naming_the_file(
 ):
     signed(fleet, run_cli, ca)
     fleet.write("apps/gw/app.yaml", fleet.read("apps/gw/app.yaml") + b"# changed\n")
+    fleet.commit("pushed after the release was signed")
     result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
     assert result.code == 1
     assert "apps/gw/app.yaml" in result.err and "does not match" in result.err
+
+
+def test_verify_judges_committed_manifests_and_names_uncommitted_edits(
+    fleet, run_cli, ca: Path, tmp_path: Path
+):
+    signed(fleet, run_cli, ca)
+    fleet.write("apps/gw/app.yaml", fleet.read("apps/gw/app.yaml") + b"# not committed\n")
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+    assert result.code == 0, result.err
+    assert "every pin matches the committed files of HEAD" in result.out
+    assert "1 pinned file(s) differ between the work tree and HEAD" in result.err
+    assert "  apps/gw/app.yaml" in result.err.splitlines()
 
 
 def test_verify_refuses_a_signer_the_config_does_not_trust(

@@ -76,13 +76,41 @@ def test_validate_exits_0_once_the_broken_manifests_are_fixed(fleet, run_cli):
 
 def test_console_script_validate_fails_then_passes_in_the_current_directory(fleet):
     break_manifests(fleet)
+    fleet.commit("broken")
     failed = run_console_script("validate", cwd=fleet.root)
     assert failed.code == 1
     assert len(failed.out.splitlines()) == len(BROKEN) + 1
     assert failed.err == ""
     fix_manifests(fleet)
+    fleet.commit("fixed")
     passed = run_console_script("validate", cwd=fleet.root)
-    assert (passed.code, passed.out) == (0, "validate: 8 app manifest(s) valid\n")
+    assert (passed.code, passed.out, passed.err) == (0, "validate: 8 app manifest(s) valid\n", "")
+
+
+def test_validate_judges_head_and_names_the_edits_it_did_not_judge(fleet, run_cli):
+    fleet.app("gw")
+    fleet.commit("gw")
+    fleet.write("apps/gw/app.yaml", "kind: App\n")  # broken, but not committed
+    fleet.app("new")
+    result = run_cli("validate", str(fleet.root))
+    assert (result.code, result.lines) == (0, ["validate: 1 app manifest(s) valid"])
+    warning, *listed = result.err.splitlines()
+    assert warning.startswith("warning: 2 file(s) differ from the commit validated (HEAD ")
+    assert "commit them and run validate again" in warning
+    assert listed == ["  apps/gw/app.yaml", "  apps/new/app.yaml"]
+    fleet.commit("broken gw")
+    assert run_cli("validate", str(fleet.root)).code == 1
+
+
+def test_outside_git_validate_judges_the_files_on_disk_and_says_so(tmp_path, run_cli):
+    (tmp_path / "apps/gw").mkdir(parents=True)
+    (tmp_path / "apps/gw/app.yaml").write_text(manifest("gw"))
+    result = run_cli("validate", str(tmp_path))
+    assert (result.code, result.lines) == (0, ["validate: 1 app manifest(s) valid"])
+    assert result.err == (
+        "warning: not a Git work tree with a commit: validated the files on disk; "
+        "devices read only committed files\n"
+    )
 
 
 def test_every_problem_of_one_manifest_is_listed(fleet, run_cli):

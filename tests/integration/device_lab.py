@@ -107,19 +107,20 @@ class DeviceLab:
         now: datetime | None = None,
         expires_in: float = 30 * 86400,
     ) -> str:
-        """Write (or, with None, delete) app manifests, release (signed with the lab CA when
-        `signer` is set), commit; the commit."""
+        """Write (or, with None, delete) app manifests and commit them, then release (signed
+        with the lab CA when `signer` is set) and commit the release; the last commit."""
         for name, text in apps.items():
             path = self.fleet.root / "apps" / name / "app.yaml"
             if text is None:
                 path.unlink()
             else:
                 self.fleet.write(f"apps/{name}/app.yaml", text)
+        self.fleet.commit(message)  # a release pins committed manifests only
         code, data = repo_verbs.write_release(self.fleet.root, now=now, expires_in=expires_in)
         assert code == 0 and data is not None, "release of the test fleet repo failed"
         if self.signer is not None:
             self.sign(data)
-        return self.fleet.commit(message)
+        return self.fleet.commit(f"release: {message}")
 
     def sign(self, data: bytes, signer: LabSigner | None = None) -> None:
         """Write the bundle over `data` beside the release (default signer: the lab's)."""

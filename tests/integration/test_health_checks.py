@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -131,22 +132,42 @@ def test_finished_job_without_check_passes_at_once(engine, images, start):
     assert verdict.seconds < TIMEOUT / 2
 
 
-@pytest.mark.docker
-def test_http_check_answering_500_fails_at_the_timeout(engine, images, start):
-    image = images.build(
+@pytest.fixture
+def cgi_500(images) -> str:
+    return images.build(
         "health-cgi500",
         cmd=["sh", "-c", f"chmod 755 /www/cgi-bin/fail; {SERVE}"],
         files={"/www/index.html": "ok", "/www/cgi-bin/fail": CGI_500},
     )
-    cid, port = start(image, "web")
-    check = http_check(port, "/cgi-bin/fail")
+
+
+@pytest.mark.docker
+def test_http_check_answering_500_is_unhealthy_after_three_failed_probes_not_the_timeout(
+    engine, cgi_500, start
+):
+    cid, port = start(cgi_500, "web")
+    check = replace(http_check(port, "/cgi-bin/fail"), interval=0.5)
     verdict = health.wait_healthy(
-        engine, [target("gw", cid, image=image, port=port, check=check)], settings()
+        engine, [target("gw", cid, image=cgi_500, port=port, check=check)], settings(timeout=120)
     )
     assert verdict.failed == {
-        "gw": f"not healthy within {TIMEOUT:g} s: web: http check GET "
-        f"http://127.0.0.1:{port}/cgi-bin/fail: answered 500"
+        "gw": f"web: unhealthy: http check GET http://127.0.0.1:{port}/cgi-bin/fail: answered "
+        "500; 3 failed probe(s) in a row, 0.5 s apart (failure_threshold 3)"
     }
+    assert 1.0 <= verdict.seconds < 5
+
+
+@pytest.mark.docker
+def test_failed_probes_inside_the_start_period_leave_it_to_the_timeout(engine, cgi_500, start):
+    cid, port = start(cgi_500, "web")
+    check = replace(http_check(port, "/cgi-bin/fail"), interval=0.5, start_period=60.0)
+    verdict = health.wait_healthy(
+        engine, [target("gw", cid, image=cgi_500, port=port, check=check)], settings()
+    )
+    assert verdict.failed["gw"].startswith(
+        f"not healthy within {TIMEOUT:g} s: web: http check GET "
+        f"http://127.0.0.1:{port}/cgi-bin/fail: answered 500"
+    )
     assert TIMEOUT <= verdict.seconds < TIMEOUT + 1
 
 
@@ -154,15 +175,16 @@ def test_http_check_answering_500_fails_at_the_timeout(engine, images, start):
 def test_tcp_check_on_a_port_nothing_listens_behind_fails(engine, images, start):
     image = images.sleeper("health-sleeper")
     cid, port = start(image, "web")
-    check = model.HealthCheck("tcp", port=port)
+    check = model.HealthCheck("tcp", port=port, interval=0.5)
     verdict = health.wait_healthy(
-        engine, [target("gw", cid, image=image, port=port, check=check)], settings()
+        engine, [target("gw", cid, image=image, port=port, check=check)], settings(timeout=120)
     )
-    assert not verdict.healthy
-    assert verdict.failed["gw"].startswith(
-        f"not healthy within {TIMEOUT:g} s: web: tcp check 127.0.0.1:{port}: "
-    )
-    assert TIMEOUT <= verdict.seconds < TIMEOUT + 1
+    assert verdict.failed == {
+        "gw": f"web: unhealthy: tcp check 127.0.0.1:{port}: connection closed at once (nothing "
+        "listens behind the published port); 3 failed probe(s) in a row, 0.5 s apart "
+        "(failure_threshold 3)"
+    }
+    assert verdict.seconds < 5
 
 
 @pytest.mark.docker
@@ -203,7 +225,7 @@ def test_failing_exec_check_fails_and_passing_one_passes(engine, images, start):
     image = images.sleeper("health-sleeper")
     bad_id, bad_port = start(image, "bad")
     good_id, good_port = start(image, "good")
-    failing = model.HealthCheck("exec", command=("sh", "-c", "exit 3"))
+    failing = model.HealthCheck("exec", command=("sh", "-c", "exit 3"), interval=0.5)
     passing = model.HealthCheck("exec", command=("sh", "-c", "test -d /bin"))
     verdict = health.wait_healthy(
         engine,
@@ -214,7 +236,8 @@ def test_failing_exec_check_fails_and_passing_one_passes(engine, images, start):
         settings(),
     )
     assert verdict.failed == {
-        "bad": f"not healthy within {TIMEOUT:g} s: web: exec check ['sh', '-c', 'exit 3']: exited 3"
+        "bad": "web: unhealthy: exec check ['sh', '-c', 'exit 3']: exited 3; 3 failed probe(s) "
+        "in a row, 0.5 s apart (failure_threshold 3)"
     }
 
 
@@ -235,7 +258,8 @@ def test_docker_healthcheck_that_is_healthy_passes(engine, images, start):
 
 
 @pytest.mark.docker
-def test_docker_healthcheck_that_fails_does_not_pass_and_is_waited_out(engine, images, start):
+def test_docker_healthcheck_reporting_unhealthy_is_a_failed_probe(engine, images, start):
+    # The image's HEALTHCHECK runs every 1 s with 2 retries: "unhealthy" after about 2 s.
     image = images.build(
         "health-hc-bad",
         cmd=["sh", "-c", SERVE],
@@ -243,14 +267,15 @@ def test_docker_healthcheck_that_fails_does_not_pass_and_is_waited_out(engine, i
         healthcheck=["false"],
     )
     cid, port = start(image, "web")
-    check = model.HealthCheck("docker")
+    check = model.HealthCheck("docker", interval=0.5)
     verdict = health.wait_healthy(
-        engine, [target("gw", cid, image=image, port=port, check=check)], settings()
+        engine, [target("gw", cid, image=image, port=port, check=check)], settings(timeout=60)
     )
-    assert verdict.failed["gw"].startswith(
-        f"not healthy within {TIMEOUT:g} s: web: docker HEALTHCHECK reports "
-    )
-    assert verdict.seconds >= TIMEOUT
+    assert verdict.failed == {
+        "gw": "web: unhealthy: docker HEALTHCHECK: reports unhealthy; 3 failed probe(s) in a "
+        "row, 0.5 s apart (failure_threshold 3)"
+    }
+    assert verdict.seconds < 15
 
 
 @pytest.mark.docker

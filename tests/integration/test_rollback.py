@@ -117,6 +117,21 @@ def test_an_http_check_that_does_not_answer_2xx_or_3xx_is_rolled_back(applied: A
     assert "404" in applied.rolled_back()
 
 
+def test_a_healthz_answering_404_is_rolled_back_after_its_failed_probes_not_the_timeout(
+    applied: Applied,
+):
+    # SPEC 2.1 defaults (interval 2s, failure_threshold 3) against the default 120 s timeout:
+    # three 404s in a row decide, about 4 s after the new container starts.
+    applied.lab.write_config(health={"timeout": "120s", "stable_for": "1s"})
+    healthz = http_check(applied.port, "/healthz")  # busybox httpd: 404 for a missing page
+    applied.lab.publish({"web": app_manifest("web", [applied.spec("v2", health=healthz)])})
+    started = time.monotonic()
+    out = applied.rolled_back()
+    assert time.monotonic() - started < 30  # generous: the 120 s timeout was not waited out
+    assert "answered 404; 3 failed probe(s) in a row" in out
+    assert "not healthy within" not in out
+
+
 def test_a_port_that_never_listens_is_rolled_back(applied: Applied):
     silent = applied.lab.free_port()  # published, but nothing listens on container port 81
     spec = applied.spec("v2", health={"tcp": {"port": silent}})

@@ -4,12 +4,13 @@ and the wait loop driven by a fake clock and a scripted in-memory engine (plain 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
-from reconciler import errors, health, model
+from reconciler import errors, health, manifests, model
 from reconciler.adapters.docker_translate import HealthInfo
 from reconciler.health import Assessment, ContainerWatch, Observation, ProbeResult, State
 from reconciler.settings import HealthSettings
@@ -86,7 +87,7 @@ class ScriptedEngine:
 
     clock: FakeClock
     inspect: dict[str, list[tuple[float, HealthInfo | errors.EngineError]]]
-    exec_codes: dict[str, list[tuple[float, int | errors.EngineError]]] = field(
+    exec_codes: dict[str, list[tuple[float, int | errors.EngineError | None]]] = field(
         default_factory=dict
     )
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -106,10 +107,10 @@ class ScriptedEngine:
         assert isinstance(answer, HealthInfo)
         return answer
 
-    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int:
+    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int | None:
         self.calls.append(("exec", container_id))
         answer = self._at(self.exec_codes[container_id])
-        assert isinstance(answer, int)
+        assert answer is None or isinstance(answer, int)
         return answer
 
 
@@ -124,7 +125,7 @@ def target(app: str, container: str = "web", **spec_args) -> health.Target:
 
 def wait(engine: ScriptedEngine, targets: Sequence[health.Target], settings: HealthSettings):
     return health.wait_healthy(
-        engine, targets, settings, clock=engine.clock, sleep=engine.clock.sleep, interval=0.25
+        engine, targets, settings, clock=engine.clock, sleep=engine.clock.sleep, poll=0.25
     )
 
 
@@ -211,8 +212,12 @@ def test_zero_stable_for_passes_on_the_first_passing_observation() -> None:
 
 def test_failing_probe_before_the_first_pass_keeps_waiting_with_what_was_seen() -> None:
     w = watch(stable_for=1, check=HTTP)
-    assert feed(w, (0, running(probe=BAD)), (50, running(probe=BAD))) == [State.WAITING] * 2
+    assert feed(w, (0, running(probe=BAD))) == [State.WAITING]
     assert w.last.reason == "http check GET http://127.0.0.1:8080/healthz: answered 500"
+    assert feed(w, (50, running(probe=BAD))) == [State.WAITING]
+    assert (
+        w.last.reason == "http check GET http://127.0.0.1:8080/healthz: answered 500 (2 in a row)"
+    )
 
 
 def test_stable_window_starts_when_the_check_first_passes() -> None:
@@ -370,11 +375,22 @@ def test_docker_healthy_passes_after_the_stable_window() -> None:
     assert states == [State.WAITING, State.WAITING, State.STABLE]
 
 
-def test_docker_unhealthy_is_not_certain_and_keeps_waiting() -> None:
+def test_docker_unhealthy_is_a_failed_probe_counted_once_per_interval() -> None:
     w = watch(stable_for=1, check=DOCKER)
-    states = feed(w, *((t, running(docker="unhealthy")) for t in range(30)))
-    assert states == [State.WAITING] * 30
-    assert w.last.reason == "docker HEALTHCHECK reports unhealthy"
+    # Inspected every 0.25 s, but read as a probe only every interval (2 s): 0, 2 and 4.
+    states = feed(w, *((t / 4, running(docker="unhealthy")) for t in range(17)))
+    assert states == [State.WAITING] * 16 + [State.FAILED]
+    assert w.last.reason == (
+        "unhealthy: docker HEALTHCHECK: reports unhealthy; 3 failed probe(s) in a row, "
+        "2 s apart (failure_threshold 3)"
+    )
+
+
+def test_docker_starting_is_no_failed_probe_and_leaves_it_to_the_timeout() -> None:
+    w = watch(stable_for=1, check=DOCKER)
+    states = feed(w, *((t, running(docker="starting")) for t in range(60)))
+    assert states == [State.WAITING] * 60
+    assert w.last.reason == "docker HEALTHCHECK reports starting"
 
 
 def test_docker_check_on_an_image_without_healthcheck_fails_once_seen_twice_in_a_row() -> None:
@@ -395,6 +411,85 @@ def test_missing_health_status_while_not_running_is_not_held_against_the_image()
     w = watch(stable_for=1, check=DOCKER, restart="always")
     states = feed(w, (0, Observation("created", 0)), (1, exited(1)), (2, running(docker="healthy")))
     assert State.FAILED not in states
+
+
+# --- failed probes in a row: interval, start_period, failure_threshold (SPEC 2.1) --------------
+
+
+def probing(**timing: object) -> model.HealthCheck:
+    return replace(HTTP, **timing)
+
+
+def test_failure_threshold_failed_probes_in_a_row_are_unhealthy_at_once() -> None:
+    w = watch(stable_for=1, check=HTTP)
+    assert feed(w, (0, running(probe=BAD)), (2, running(probe=BAD))) == [State.WAITING] * 2
+    assert w.observe(running(probe=BAD), 4) == Assessment(
+        State.FAILED,
+        "unhealthy: http check GET http://127.0.0.1:8080/healthz: answered 500; 3 failed "
+        "probe(s) in a row, 2 s apart (failure_threshold 3)",
+    )
+
+
+def test_a_passing_probe_resets_the_count_of_failed_probes() -> None:
+    w = watch(stable_for=100, check=HTTP)
+    probes = (BAD, BAD, OK, BAD, BAD, OK, BAD, BAD)
+    states = feed(w, *((2 * i, running(probe=p)) for i, p in enumerate(probes)))
+    assert State.FAILED not in states
+
+
+def test_failure_threshold_of_one_fails_on_the_first_failed_probe() -> None:
+    w = watch(check=probing(failure_threshold=1))
+    assert w.observe(running(probe=BAD), 0).state is State.FAILED
+
+
+def test_failed_probes_inside_the_start_period_do_not_count() -> None:
+    w = watch(check=probing(start_period=10.0))
+    inside = feed(w, *((t, running(probe=BAD)) for t in (0, 2, 4, 6, 8)))
+    assert inside == [State.WAITING] * 5
+    after = feed(w, *((t, running(probe=BAD)) for t in (10, 12, 14)))
+    assert after == [State.WAITING, State.WAITING, State.FAILED]
+
+
+def test_the_start_period_counts_from_the_start_of_the_wait_not_the_first_observation() -> None:
+    w = ContainerWatch(
+        container="web", spec=spec(check=probing(start_period=3.0)), stable_for=1, started=0.0
+    )
+    states = feed(w, *((t, running(probe=BAD)) for t in (2.5, 4.5, 6.5, 8.5)))
+    assert states == [State.WAITING] * 3 + [State.FAILED]
+
+
+def test_a_probe_falls_due_every_interval_and_at_once_after_a_restart_or_stop() -> None:
+    w = watch(check=probing(interval=5.0))
+    assert w.probe_due(0)
+    w.observe(running(probe=OK), 0)
+    assert (w.probe_due(4.9), w.probe_due(5.0)) == (False, True)
+    w.observe(running(1), 1)  # restarted: the probe judged the previous run
+    assert w.probe_due(1.25)
+    w.observe(running(1, probe=OK), 1.25)
+    w.observe(exited(1, 1), 2)
+    assert w.probe_due(2.25)
+
+
+def test_the_last_probe_stands_between_probes_and_can_end_the_stable_window() -> None:
+    w = watch(stable_for=1, check=HTTP)
+    states = feed(w, (0, running(probe=OK)), (0.5, running()), (1.0, running()))
+    assert states == [State.WAITING, State.WAITING, State.STABLE]
+
+
+def test_a_restart_drops_the_last_probe_so_the_old_pass_does_not_count() -> None:
+    w = watch(stable_for=1, check=HTTP)
+    assert (
+        feed(w, (0, running(probe=OK)), (0.5, running(1)), (2, running(1))) == [State.WAITING] * 3
+    )
+    assert w.last.reason.endswith(": not probed")
+
+
+def test_a_probe_that_could_not_be_made_neither_passes_nor_counts() -> None:
+    w = watch(stable_for=0, check=EXEC)
+    unknown = ProbeResult(ok=False, detail="could not run: engine gone", counts=False)
+    states = feed(w, *((2 * i, running(probe=unknown)) for i in range(10)))
+    assert states == [State.WAITING] * 10
+    assert w.observe(running(probe=OK), 20).state is State.STABLE
 
 
 # --- apps, host checks, timeout ----------------------------------------------------------------
@@ -537,10 +632,12 @@ def test_failing_exec_check_fails_at_the_timeout_with_its_last_reason() -> None:
     engine = ScriptedEngine(
         clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, 3)]}
     )
-    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=4))
+    patient = replace(EXEC, failure_threshold=10)  # the timeout comes first
+    verdict = wait(engine, [target("a", check=patient)], settings(timeout=4))
     assert verdict.seconds == pytest.approx(4.0)
     assert verdict.failed == {
-        "a": "not healthy within 4 s: web: exec check ['test', '-f', '/ready']: exited 3"
+        "a": "not healthy within 4 s: web: exec check ['test', '-f', '/ready']: exited 3 "
+        "(3 in a row)"
     }
 
 
@@ -554,17 +651,21 @@ def test_exec_check_that_passes_later_passes_within_the_timeout() -> None:
     )
     verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=10, stable_for=1))
     assert verdict.healthy
-    assert verdict.seconds == pytest.approx(2.5)
+    # Probed at 0 (fails) and at 2 (passes: the interval), then stable for 1 s.
+    assert verdict.seconds == pytest.approx(3.0)
 
 
-def test_engine_error_from_exec_is_a_failing_probe_not_a_crash() -> None:
+def test_engine_error_from_exec_is_no_failed_probe_and_not_a_crash() -> None:
     clock = FakeClock()
     engine = ScriptedEngine(
         clock,
         {"id-a-web": [(0, INFO_RUNNING)]},
         exec_codes={"id-a-web": [(0, errors.EngineError("exec refused"))]},
     )
-    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=1))
+    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=10))
+    # The engine could not run it (it may be restarting): the timeout decides, not the count.
+    assert verdict.seconds == pytest.approx(10.0)
+    assert verdict.failed["a"].startswith("not healthy within 10 s")
     assert "could not run: exec refused" in verdict.failed["a"]
 
 
@@ -648,9 +749,123 @@ def test_host_command_true_passes_and_false_fails_every_app_at_the_timeout() -> 
     assert failing.seconds == pytest.approx(3.0)
 
 
+def test_an_app_failing_its_probes_is_decided_after_three_intervals_not_the_timeout() -> None:
+    clock = FakeClock()
+    engine = ScriptedEngine(
+        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, 1)]}
+    )
+    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=120))
+    assert verdict.seconds == pytest.approx(4.0)  # probes at 0, 2 and 4 s
+    assert verdict.failed["a"].startswith("web: unhealthy: exec check")
+    assert engine.calls.count(("exec", "id-a-web")) == 3
+    assert engine.calls.count(("inspect", "id-a-web")) == 17  # every 0.25 s meanwhile
+
+
+def test_an_exec_probe_still_running_at_its_timeout_is_a_failed_probe() -> None:
+    clock = FakeClock()
+    engine = ScriptedEngine(
+        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, None)]}
+    )
+    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=120))
+    assert verdict.seconds == pytest.approx(4.0)
+    assert "timed out (still running)" in verdict.failed["a"]
+
+
+def test_a_short_interval_wakes_the_loop_before_the_poll() -> None:
+    clock = FakeClock()
+    engine = ScriptedEngine(
+        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, 1)]}
+    )
+    fast = replace(EXEC, interval=0.1)
+    verdict = wait(engine, [target("a", check=fast)], settings(timeout=120))
+    assert verdict.seconds == pytest.approx(0.2)
+    assert all(s <= 0.1 + 1e-9 for s in clock.sleeps)
+
+
+def test_an_engine_that_cannot_be_asked_is_retried_each_poll_not_in_a_busy_loop() -> None:
+    clock = FakeClock()
+    start = clock.now
+    engine = ScriptedEngine(
+        clock,
+        {"id-a-web": [(0, INFO_RUNNING), (start + 1, errors.EngineError("engine gone"))]},
+        exec_codes={"id-a-web": [(0, 0)]},
+    )
+    wait(engine, [target("a", check=EXEC)], settings(timeout=5, stable_for=100))
+    assert min(clock.sleeps) == pytest.approx(0.25)
+
+
 def test_no_targets_is_healthy_at_once_and_runs_nothing() -> None:
     clock = FakeClock()
     engine = ScriptedEngine(clock, {})
     verdict = wait(engine, [], settings(commands=[("false",)]))
     assert verdict == health.Verdict(failed={}, seconds=0)
     assert engine.calls == []
+
+
+# --- the manifest fields (SPEC 2.1 health) -----------------------------------------------------
+
+
+def parse_health(health_field: object) -> model.HealthCheck | None:
+    document = {
+        "apiVersion": "reconciler/v1",
+        "kind": "App",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {},
+            "containers": [
+                {"name": "web", "image": "a", "ports": ["8080:80"], "health": health_field}
+            ],
+        },
+    }
+    data = json.dumps(document).encode()
+    return manifests.parse(data, path="apps/web/app.yaml").containers[0].health
+
+
+def health_problems(health_field: object) -> list[str]:
+    with pytest.raises(errors.ProblemsError) as caught:
+        parse_health(health_field)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_probe_timing_defaults_are_2s_0s_and_3() -> None:
+    check = parse_health({"http": {"port": 8080, "path": "/healthz"}})
+    assert check is not None
+    assert (check.interval, check.start_period, check.failure_threshold) == (2.0, 0.0, 3)
+
+
+def test_probe_timing_is_read_beside_the_check_kind() -> None:
+    check = parse_health(
+        {"exec": ["true"], "interval": "500ms", "start_period": "1m", "failure_threshold": 5}
+    )
+    assert check == model.HealthCheck(
+        "exec", command=("true",), interval=0.5, start_period=60.0, failure_threshold=5
+    )
+
+
+@pytest.mark.parametrize(
+    ("timing", "message"),
+    [
+        ({"interval": "0s"}, 'health.interval: must be from 100ms to 1h, got "0s"'),
+        ({"interval": "50ms"}, 'health.interval: must be from 100ms to 1h, got "50ms"'),
+        ({"interval": "2h"}, 'health.interval: must be from 100ms to 1h, got "2h"'),
+        ({"interval": "9" * 400 + "d"}, "health.interval: must be from 100ms to 1h, got"),
+        ({"interval": 2}, "health.interval: expected a duration like 60s, got 2"),
+        ({"start_period": "2d"}, 'health.start_period: must be from 0s to 24h, got "2d"'),
+        ({"start_period": "-1s"}, "health.start_period: expected a duration like 60s"),
+        ({"failure_threshold": 0}, "health.failure_threshold: expected an integer 1..1000"),
+        ({"failure_threshold": 1001}, "health.failure_threshold: expected an integer 1..1000"),
+        ({"failure_threshold": "3"}, "health.failure_threshold: expected an integer 1..1000"),
+        ({"failure_threshold": True}, "health.failure_threshold: expected an integer 1..1000"),
+        ({"failure_threshold": 3.0}, "health.failure_threshold: expected an integer 1..1000"),
+    ],
+)
+def test_probe_timing_out_of_bounds_is_refused_naming_the_field(timing, message) -> None:
+    problems = health_problems({"tcp": {"port": 8080}, **timing})
+    assert len(problems) == 1
+    assert message in problems[0]
+    assert "spec.containers[0]" in problems[0]
+
+
+def test_probe_timing_without_a_check_kind_is_refused() -> None:
+    (problem,) = health_problems({"interval": "2s"})
+    assert "expected exactly one of http, tcp, exec, docker, got none" in problem

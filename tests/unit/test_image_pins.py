@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 def write(root: Path, name: str, *images: str) -> None:
+    """Commit a manifest: images are resolved for the committed manifests `release` pins."""
     containers = "\n".join(
         f"    - {{name: c{i}, image: '{image}'}}" for i, image in enumerate(images)
     )
@@ -22,6 +24,10 @@ def write(root: Path, name: str, *images: str) -> None:
         f"apiVersion: reconciler/v1\nkind: App\nmetadata: {{name: {name}}}\n"
         f"spec:\n  containers:\n{containers}\n"
     )
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", name], check=True)
 
 
 def test_tags_become_digests_and_digests_stay(tmp_path: Path):
@@ -61,3 +67,12 @@ def test_every_tag_that_cannot_be_resolved_is_named(tmp_path: Path):
         "apps/gw/app.yaml: spec.containers[1].image: cannot resolve r.example/b:2: "
         "r.example unreachable",
     ]
+
+
+def test_only_committed_manifests_are_resolved(tmp_path: Path):
+    write(tmp_path, "gw", "127.0.0.1:5000/gw:1")
+    (tmp_path / "apps/gw/app.yaml").write_text("edited, not committed\n")
+    asked = []
+    pins = image_pins.resolve(tmp_path, resolver=lambda ref: asked.append(ref) or DIGEST)
+    assert asked == ["127.0.0.1:5000/gw:1"]
+    assert pins == {"apps/gw/app.yaml": {"c0": f"127.0.0.1:5000/gw@{DIGEST}"}}

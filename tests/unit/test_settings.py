@@ -173,7 +173,7 @@ def test_a_top_level_that_is_not_a_mapping_is_the_only_problem():
 def test_unknown_key_at_a_nested_level_names_the_expected_keys():
     assert problems(MINIMAL.replace("}", ", pol_interval: 5s}", 1)) == [
         "source.pol_interval: unknown key; expected one of branch, jitter, mirrors, "
-        "poll_interval, url"
+        "poll_interval, timeout, url"
     ]
 
 
@@ -530,3 +530,16 @@ def test_a_bad_url_message_never_shows_its_credentials():
         )
     assert "s3cret" not in str(caught.value)
     assert "***@" in str(caught.value)
+
+
+def test_network_deadlines_default_to_60s_and_120s_and_are_bounded():
+    loaded = load(MINIMAL)
+    assert (loaded.source.timeout, loaded.runtime.pull_stall_timeout) == (60.0, 120.0)
+    text = MINIMAL.replace("}", ", timeout: 5s}", 1) + "runtime: {pull_stall_timeout: 500ms}\n"
+    loaded = load(text)
+    assert (loaded.source.timeout, loaded.runtime.pull_stall_timeout) == (5.0, 0.5)
+    text = MINIMAL.replace("}", ", timeout: 0s}", 1) + "runtime: {pull_stall_timeout: 2h}\n"
+    assert problems(text) == [
+        'source.timeout: must be greater than 0, got "0s"',
+        'runtime.pull_stall_timeout: must be at most 1h, got "2h"',
+    ]

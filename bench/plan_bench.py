@@ -1,0 +1,117 @@
+"""`reconciler plan` on a large fleet: prints the median wall time for the README.
+
+Builds a real Git fleet repo with --apps app manifests (default 5,000), commits them, writes and
+commits a release pinning every one, then times `plan` for one device against that release,
+and once more with the release removed (the work tree alone). Nothing here needs an engine or a
+network. Every number is the median of --runs runs (default 5).
+
+    .venv/bin/python -m bench.plan_bench [--apps 5000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler import repo_verbs
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+    "GIT_COMMITTER_NAME": "Bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", *args], cwd=root, env={**os.environ, **GIT_ENV}, check=True, capture_output=True
+    )
+
+
+def manifest(name: str) -> str:
+    return (
+        "apiVersion: reconciler/v1\nkind: App\n"
+        f"metadata: {{name: {name}}}\n"
+        "spec:\n  selector: {matchLabels: {role: gateway}}\n"
+        f'  containers:\n    - {{name: main, image: "127.0.0.1:5000/{name}:1.0"}}\n'
+    )
+
+
+def build_repo(root: Path, apps: int) -> None:
+    git(root, "init", "-q", "-b", "main")
+    for i in range(apps):
+        name = f"app-{i:05d}"
+        (root / "apps" / name).mkdir(parents=True)
+        (root / "apps" / name / "app.yaml").write_text(manifest(name), encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "apps")
+    code, _ = repo_verbs.write_release(root, now=NOW, expires_in=86400.0, out=io.StringIO())
+    if code != 0:
+        raise SystemExit("release of the bench repo failed")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "release 1")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the git processes)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_plan(root: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each run (CPU time is steadier on a busy machine)."""
+    device = repo_verbs.Device("gw-01", {"role": "gateway"})
+    wall, cpu = [], []
+    for _ in range(runs):
+        out, err = io.StringIO(), io.StringIO()
+        start, start_cpu = time.perf_counter(), cpu_seconds()
+        code = repo_verbs.plan(root, devices=[device], now=NOW, out=out, err=err)
+        wall.append(time.perf_counter() - start)
+        cpu.append(cpu_seconds() - start_cpu)
+        if code != 0 or err.getvalue():
+            raise SystemExit(f"plan failed ({code}): {err.getvalue()[:500]}")
+    return wall, cpu
+
+
+def report(what: str, wall: list[float], cpu: list[float]) -> None:
+    print(
+        f"{what}: median {statistics.median(wall):.2f} s wall, "
+        f"{statistics.median(cpu):.2f} s CPU (wall min {min(wall):.2f}, max {max(wall):.2f}; "
+        f"{len(wall)} runs)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--apps", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
+        root = Path(tmp) / "fleet"
+        root.mkdir()
+        start = time.perf_counter()
+        build_repo(root, args.apps)
+        print(f"built a fleet repo of {args.apps} apps in {time.perf_counter() - start:.1f} s")
+        report(
+            f"plan, {args.apps} apps against a release pinning them all",
+            *time_plan(root, args.runs),
+        )
+        (root / ".fleet" / "release.json").unlink()
+        report(f"plan, {args.apps} apps without a release", *time_plan(root, args.runs))
+
+
+if __name__ == "__main__":
+    main()
