@@ -32,6 +32,7 @@ from tests.infra.registry import LocalRegistry, RegistryError
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"  # where Debian's docker.io listens under systemd
 MARKER = ".reconciler-demo"  # made by the demo: a later run may delete the directory holding it
+OWNER = "demo"  # in the engine's started marker: test sessions never stop the demo's engine
 RECORD = "demo.json"  # what a run made in the engine, for the next run's clean-up
 # busybox httpd as PID 1 ignores SIGTERM: a shell that exits on it keeps every replace quick.
 HTTPD = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
@@ -63,8 +64,9 @@ def page(version: str) -> str:
 
 @dataclass
 class Engine:
-    """An answering engine. `lease` is held until the process exits and never released: a
-    release would stop an engine the demo started, and with it the app a person may curl."""
+    """An answering engine. `lease` is held until the process exits and never released. The
+    engine is leased as the demo's (`OWNER`): it keeps running after the demo, with the app a
+    person may curl, and no test session stops it, even one that started it."""
 
     url: str
     client: docker.DockerClient
@@ -96,7 +98,7 @@ def acquire_engine() -> Engine:
     if not env.get("DOCKER_HOST") and engine.answers(DEFAULT_ENGINE):
         env["DOCKER_HOST"] = DEFAULT_ENGINE
     try:
-        lease = engine.acquire(env=env)
+        lease = engine.acquire(env=env, owner=OWNER)
     except (engine.EngineUnavailable, engine.EngineStartError) as exc:
         raise DemoError(f"no container engine: {exc}") from exc
     client = (

@@ -3,7 +3,8 @@
 All fixtures are lazy: nothing starts until an integration test asks for one, so unit tests
 never touch an engine. `docker_host` reuses an answering engine (DOCKER_HOST, then
 unix:///run/reconciler-test/docker.sock) and starts dockerd there only when none answers; the
-session that ends last stops an engine the tests started (see tests/infra/engine.py).
+session that ends last stops an engine the tests started, never one the demo started or reused
+(see tests/infra/engine.py).
 
 When an engine cannot be had here (not root, dockerd or busybox-static or docker-registry
 missing) the tests skip, except under CI (env CI set), where they fail: CI never skips them.

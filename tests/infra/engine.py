@@ -6,10 +6,15 @@ the last test session using it ends. Parallel pytest sessions coordinate through
 in the run dir: `engine.lock` (exclusive, held while probing/starting/stopping) and
 `engine.users` (shared, held by every session for as long as it uses the test-socket engine).
 
-Must not: stop an engine it did not start (only one recorded in `engine.started` by this code,
-whose pid still matches the pidfile, is ever signalled); start a second dockerd while one
-answers or is still booting (two engines on one machine fight over the bridge and iptables);
-install packages (scripts/install.sh does, before the tests run).
+`engine.started` records who started the engine: `owner` "tests" (a test session, or a bench
+run that leases like one) or another owner such as "demo", whose engine must keep running after
+it exits (the demo leaves its app up to be tried). A lease with another owner that reuses an
+engine the tests started claims it, so the tests' session that started it leaves it running.
+
+Must not: stop an engine the test sessions did not start (only one recorded in `engine.started`
+with owner "tests" by this code, whose pid still matches the pidfile, is ever signalled); start a
+second dockerd while one answers or is still booting (two engines on one machine fight over the
+bridge and iptables); install packages (scripts/install.sh does, before the tests run).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ DEFAULT_DATA_ROOT = Path("/var/lib/reconciler-test/docker")
 RUN_DIR_ENV = "RECONCILER_TEST_RUN_DIR"
 DATA_ROOT_ENV = "RECONCILER_TEST_DATA_ROOT"
 
+TESTS = "tests"  # the owner whose engine the last test session's release stops
 _LOCK_WAIT = 180.0  # a peer may be booting an engine (up to the start timeout) or stopping one
 _HANDED_OVER: list[subprocess.Popen[bytes]] = []  # dockerds another session will stop
 
@@ -140,12 +146,14 @@ def _ping_unix(path: str, *, timeout: float) -> bool:
 
 @dataclass
 class EngineLease:
-    """One session's use of an engine; `release()` stops it if we started it and are last."""
+    """One session's use of an engine; `release()` stops it if the tests started it and this is
+    the last session using it."""
 
     url: str
     from_env: bool = False
     started_here: bool = False
     layout: EngineLayout | None = None
+    owner: str = TESTS
     _users: IO[bytes] | None = field(default=None, repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -160,25 +168,37 @@ class EngineLease:
                 fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 users.close()
-                if self._process is not None:
-                    # The engine outlives this handle: keep it referenced, or Popen.__del__
-                    # warns "still running" into whichever test happens to run the GC.
-                    _HANDED_OVER.append(self._process)
-                    self._process = None
+                self._hand_over()
                 return False  # another session still uses it; the last one stops it
             try:
-                return _stop_if_ours(layout, self._process, timeout=stop_timeout)
+                if self.owner != TESTS:
+                    self._hand_over()
+                    return False  # started, or claimed, to keep running
+                stopped = _stop_if_ours(layout, self._process, timeout=stop_timeout)
+                if not stopped:
+                    self._hand_over()  # claimed meanwhile (see _claim): it keeps running
+                return stopped
             finally:
                 users.close()
+
+    def _hand_over(self) -> None:
+        if self._process is not None:
+            # The engine outlives this handle: keep it referenced, or Popen.__del__ warns
+            # "still running" into whichever test happens to run the GC.
+            _HANDED_OVER.append(self._process)
+            self._process = None
 
 
 def acquire(
     *,
     env: Mapping[str, str] | None = None,
     start_timeout: float = 60.0,
+    owner: str = TESTS,
 ) -> EngineLease:
     """An answering engine: DOCKER_HOST if it answers, else the test socket, else a new dockerd.
 
+    `owner` other than TESTS (e.g. "demo"): the engine keeps running after this lease, whether
+    started here or reused (a test-started engine is then claimed: see the module docstring).
     Raises EngineUnavailable when none answers and none can be started here, EngineStartError
     when a started dockerd does not come up.
     """
@@ -204,16 +224,18 @@ def acquire(
         with _locked(layout.run_dir / "engine.lock"):
             # Nobody holds users exclusively without engine.lock, so this does not block.
             fcntl.flock(users, fcntl.LOCK_SH)
-            lease = EngineLease(url=layout.url, layout=layout, _users=users)
+            lease = EngineLease(url=layout.url, layout=layout, owner=owner, _users=users)
             if answers(layout.url):
+                _claim(layout, owner)
                 return lease
             booting = _live_dockerd_pid(layout.pidfile)
             if booting is not None:
                 # A dockerd that has not answered yet (ours from a crashed session, or anyone's):
                 # wait for it rather than fight it with a second one.
                 _wait_until_answers(layout, None, booting, timeout=start_timeout)
+                _claim(layout, owner)
                 return lease
-            lease._process = _start(layout, timeout=start_timeout)
+            lease._process = _start(layout, owner=owner, timeout=start_timeout)
             lease.started_here = True
             return lease
     except BaseException:
@@ -252,7 +274,19 @@ def _locked(path: Path, *, wait: float = _LOCK_WAIT) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _start(layout: EngineLayout, *, timeout: float) -> subprocess.Popen[bytes]:
+def _claim(layout: EngineLayout, owner: str) -> None:
+    """Make an engine the tests started keep running for `owner` (called under engine.lock)."""
+    if owner == TESTS:
+        return
+    try:
+        record = json.loads(layout.marker.read_text())
+    except (OSError, ValueError):
+        return  # started by hand or by someone else: never stopped by the tests anyway
+    if isinstance(record, dict) and record.get("owner") == TESTS:
+        layout.marker.write_text(json.dumps({**record, "owner": owner}))
+
+
+def _start(layout: EngineLayout, *, owner: str, timeout: float) -> subprocess.Popen[bytes]:
     if os.geteuid() != 0:
         raise EngineUnavailable(
             f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and starting dockerd "
@@ -275,11 +309,13 @@ def _start(layout: EngineLayout, *, timeout: float) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    layout.marker.write_text(json.dumps({"pid": process.pid, "log_dir": str(log_dir)}))
+    record = {"pid": process.pid, "log_dir": str(log_dir), "owner": owner}
+    layout.marker.write_text(json.dumps(record))
     try:
         _wait_until_answers(layout, process, process.pid, timeout=timeout, log_path=log_path)
     except BaseException:
-        _stop_if_ours(layout, process, timeout=30.0, keep_log=True)  # the error names the log
+        # The error names the log; a failed start is stopped whoever asked for it.
+        _stop_if_ours(layout, process, timeout=30.0, keep_log=True, owner=owner)
         raise
     return process
 
@@ -314,19 +350,24 @@ def _stop_if_ours(
     *,
     timeout: float,
     keep_log: bool = False,
+    owner: str = TESTS,
 ) -> bool:
-    """Stop the engine recorded in our marker, if it is still the one in the pidfile."""
+    """Stop the engine recorded in the marker, if `owner` started it and it is still the one in
+    the pidfile. Another owner's live engine keeps running, and its marker stays."""
     try:
         record = json.loads(layout.marker.read_text())
-    except (OSError, ValueError):
+        pid = int(record.get("pid", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
         return False  # not started by this code: never ours to stop
-    pid = int(record.get("pid", 0))
     pidfile_pid = _read_pid(layout.pidfile)
-    ours = pid > 0 and (pidfile_pid in (None, pid)) and _alive(pid) and _is_dockerd(pid)
+    live = pid > 0 and (pidfile_pid in (None, pid)) and _alive(pid) and _is_dockerd(pid)
     if process is not None and process.pid == pid:
-        ours = process.poll() is None
+        live = process.poll() is None
+    # A marker without an owner predates owners: the demo and the tests wrote the same one.
+    if live and record.get("owner") != owner:
+        return False
     stopped = False
-    if ours:
+    if live:
         os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, process, timeout=timeout):
             os.kill(pid, signal.SIGKILL)  # a hung shutdown must not hang the test session

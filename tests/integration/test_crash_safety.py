@@ -27,11 +27,17 @@ pytestmark = pytest.mark.docker
 KILLS = 52  # at least 50 moments
 BAD_EVERY = 3  # every third change is unhealthy, so kills also land in a rollback
 
+HEALTH = {"timeout": "4s", "stable_for": "0.5s"}
 Containers = tuple[tuple[str, str, str, str], ...]  # (app, container, revision, image)
 
 
 @pytest.fixture(scope="module")
 def refs(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
+    return push_images(images, registry)
+
+
+def push_images(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
+    """The images the changes use, pushed to the registry: name -> pullable reference."""
     out = {}
     for name, local in {
         "a": images.httpd("cs-web-a", "crash a"),
@@ -42,6 +48,21 @@ def refs(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
         registry.push(local, f"cs/{name}:1")
         out[name] = f"{registry.address}/cs/{name}:1"
     return out
+
+
+def release_step(lab: DeviceLab, refs: dict[str, str], *, port: int, step: int, bad: bool) -> None:
+    """Commit a release of app `web` (containers web and side) for `step`: a good change, or
+    with `bad` one whose web container exits at once (a failed health check, a rollback)."""
+    image = "exits" if bad else ("a" if step % 2 else "b")
+    web = {
+        "name": "web",
+        "image": refs[image],
+        "ports": [f"127.0.0.1:{port}:80"],
+        "env": {"STEP": str(step)},  # a new revision every step: never a held-back one
+        "restart": "no" if bad else "unless-stopped",
+    }
+    side = {"name": "side", "image": refs["side"], "env": {"STEP": str(step)}}
+    lab.publish({"web": app_manifest("web", [web, side])}, message=f"step {step}")
 
 
 def observed(client: docker.DockerClient, namespace: str) -> Containers:
@@ -99,20 +120,11 @@ def test_sigkill_at_any_moment_leaves_one_described_state(
     docker_client: docker.DockerClient,
 ):
     lab = DeviceLab(tmp_path, docker_host=docker_host, namespace=namespace)
-    lab.write_config(health={"timeout": "4s", "stable_for": "0.5s"})
+    lab.write_config(health=HEALTH)
     port = lab.free_port()
 
     def release(step: int, *, bad: bool) -> None:
-        image = "exits" if bad else ("a" if step % 2 else "b")
-        web = {
-            "name": "web",
-            "image": refs[image],
-            "ports": [f"127.0.0.1:{port}:80"],
-            "env": {"STEP": str(step)},  # a new revision every step: never a held-back one
-            "restart": "no" if bad else "unless-stopped",
-        }
-        side = {"name": "side", "image": refs["side"], "env": {"STEP": str(step)}}
-        lab.publish({"web": app_manifest("web", [web, side])}, message=f"step {step}")
+        release_step(lab, refs, port=port, step=step, bad=bad)
 
     release(0, bad=False)
     code, _ = run_once(lab)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
+from demo import lab
 from reconciler import model
+from tests.infra import engine
 from tests.infra.engine import EngineLayout, acquire, answers
 from tests.infra.registry import free_port
 
@@ -141,3 +150,135 @@ def test_a_pull_from_a_stopped_registry_fails_and_works_again_after_start(
     finally:
         registry.start()
     assert docker_client.images.pull(ref).id == docker_client.images.get(ref).id
+
+
+# --- who stops an engine: the tests stop only one the tests started ---------------------------
+
+# A stand-in for dockerd, put first on PATH: the tests must never start a second real engine
+# beside the shared one (two fight over the bridge and iptables), nor stop the shared one. It
+# takes dockerd's -H and --pidfile, links that socket to the shared engine's (so the engine that
+# answers there is real), records its pid and sleeps under the name "dockerd", which is all the
+# start and stop paths look at.
+STAND_IN = """#!/bin/bash
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -H) socket="${2#unix://}"; shift 2 ;;
+    --pidfile) pidfile="$2"; shift 2 ;;
+    *) shift ;;
+  esac
+done
+ln -s "$REAL_ENGINE_SOCKET" "$socket"
+echo $$ > "$pidfile"
+exec -a dockerd sleep 600
+"""
+
+
+@pytest.fixture
+def stand_in_layout(docker_host, monkeypatch):
+    """An engine layout in a fresh run dir (its own lock, users and marker files) where starting
+    "dockerd" runs the stand-in above, named by the environment; yields that layout. The
+    stand-ins are stopped at the end whatever the test did."""
+    if not docker_host.startswith("unix://"):
+        pytest.skip("the stand-in links to the engine's unix socket; DOCKER_HOST is not one")
+    # Short: a unix socket path must fit in 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="eng-", dir="/tmp"))
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dockerd").write_text(STAND_IN)
+    (bin_dir / "dockerd").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("REAL_ENGINE_SOCKET", docker_host.removeprefix("unix://"))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv(engine.RUN_DIR_ENV, str(root / "run"))
+    monkeypatch.setenv(engine.DATA_ROOT_ENV, str(root / "data"))
+    # Where the demo looks before the project's socket: nothing answers there in this test.
+    monkeypatch.setattr(lab, "DEFAULT_ENGINE", f"unix://{root}/no-engine.sock")
+    layout = EngineLayout.from_env(os.environ)
+    handed_over = len(engine._HANDED_OVER)  # earlier ones may be real engines: never touched
+    try:
+        yield layout
+    finally:
+        for popen in engine._HANDED_OVER[handed_over:]:
+            if popen.poll() is None and is_stand_in(popen.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    popen.terminate()
+                popen.wait(timeout=10)
+        with contextlib.suppress(OSError, ValueError):  # one the demo's process started
+            pid = int(layout.pidfile.read_text())
+            if is_stand_in(pid):
+                os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def is_stand_in(pid: int) -> bool:
+    """The stand-in calls itself dockerd but runs `sleep`; a real dockerd runs dockerd."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        program = Path(f"/proc/{pid}/exe").resolve().name
+    except OSError:
+        return False
+    return argv0 == b"dockerd" and program == "sleep"
+
+
+def stand_in_pid(layout: EngineLayout) -> int:
+    pid = int(layout.pidfile.read_text())
+    assert is_stand_in(pid), "not the stand-in: the test must never signal a real engine"
+    return pid
+
+
+def running(pid: int) -> bool:
+    return engine._alive(pid)
+
+
+def demo_acquires_engine() -> bool:
+    """What ./demo.sh does about the engine, in a process that then exits (as the demo does,
+    never releasing its lease); True when it started the engine."""
+    code = (
+        "import sys\n"
+        "from demo import lab\n"
+        "lab.DEFAULT_ENGINE = sys.argv[1]\n"
+        "print(lab.acquire_engine().started_here)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, lab.DEFAULT_ENGINE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return result.stdout.strip() == "True"
+
+
+def test_an_engine_the_demo_started_outlives_the_test_session_that_reused_it(stand_in_layout):
+    assert demo_acquires_engine()  # nothing answered: the demo started "dockerd" (the stand-in)
+    pid = stand_in_pid(stand_in_layout)
+    assert running(pid)
+
+    session = acquire(env=os.environ)  # ./scripts/test.sh after ./demo.sh
+    assert session.url == stand_in_layout.url and not session.started_here
+    assert session.release() is False
+    assert running(pid), "a test session stopped the engine the demo started"
+    assert answers(stand_in_layout.url)
+
+
+def test_an_engine_the_tests_started_is_kept_once_the_demo_reused_it(stand_in_layout):
+    session = acquire(env=os.environ)
+    assert session.started_here
+    pid = stand_in_pid(stand_in_layout)
+    assert not demo_acquires_engine()  # ./demo.sh while the tests run: it reuses their engine
+
+    assert session.release() is False
+    assert running(pid), "the test session stopped an engine the demo's app runs on"
+
+
+def test_the_last_test_session_stops_an_engine_the_tests_started(stand_in_layout):
+    first = acquire(env=os.environ)
+    assert first.started_here
+    pid = stand_in_pid(stand_in_layout)
+    second = acquire(env=os.environ)  # a parallel session reuses it
+    assert first.release() is False  # the second one still uses it
+    assert running(pid)
+    assert second.release() is True
+    assert not running(pid)
+    assert not stand_in_layout.marker.exists()
