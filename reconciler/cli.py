@@ -200,19 +200,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     import json
+    from datetime import UTC, datetime
 
-    from reconciler import status
+    from reconciler import daemon, state, status
     from reconciler.adapters.docker_engine import DockerEngine
     from reconciler.errors import EngineError
-    from reconciler.state import StateError, StateStore
 
-    loaded = _device_settings(args, "status")
+    loaded = _status_settings(args)
     if isinstance(loaded, int):
         return loaded
-    _path, ds = loaded
+    ds, config_error = loaded
     try:
-        saved = StateStore(ds.state_dir).load()
-    except (StateError, OSError) as exc:
+        saved = state.StateStore(ds.state_dir).load()
+    except (state.StateError, OSError) as exc:
         print(f"status: {exc}", file=sys.stderr)
         return EXIT_FAILED
     engine = DockerEngine(
@@ -226,6 +226,13 @@ def _status(args: argparse.Namespace) -> int:
         engine_error = str(exc)
     finally:
         engine.close()
+    fetched = None
+    if daemon.running_pid(ds.state_dir) is not None:
+        from reconciler import metrics  # prometheus_client: only when a daemon may answer
+
+        seconds = metrics.read_last_fetch(ds.metrics.listen)
+        if seconds is not None:
+            fetched = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     doc = status.report(
         saved,
         device=ds.device.name,
@@ -233,12 +240,47 @@ def _status(args: argparse.Namespace) -> int:
         observed=observed,
         volumes=volumes,
         engine_error=engine_error,
+        state_dir_error=state.write_problem(ds.state_dir),
+        fetched_by_daemon=fetched,
+        config_error=config_error,
     )
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print("\n".join(status.render(doc)))
     return EXIT_OK
+
+
+def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | None] | int:
+    """The settings `status` reports on, and why the config or labels.d cannot be loaded now.
+
+    A labels.d file that went bad does not hide the device's status: the config alone names
+    state_dir and the engine, and the problem is shown (a running daemon keeps its previous
+    settings). A config file that is itself invalid is a bad config (exit 2).
+    """
+    import os
+    import socket
+
+    from reconciler import device, settings, text
+    from reconciler.errors import SettingsError
+
+    path = settings.config_path(args.config, os.environ)
+    try:
+        return device.load_settings(path), None
+    except SettingsError as exc:
+        failure: Exception = exc
+    except Exception as exc:  # a parser crash on a hostile labels.d file
+        failure = exc
+    try:
+        alone = settings.read(path, env=os.environ, hostname=socket.gethostname())
+    except SettingsError:
+        again = _device_settings(args, "status")  # prints every problem: exit 2
+        return again if isinstance(again, int) else (again[1], None)
+    if isinstance(failure, SettingsError):
+        problem = text.one_line("; ".join(str(p) for p in failure.problems))
+    else:
+        problem = device.load_failure(path, alone.device.labels_dir, failure)
+    return alone, problem
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from reconciler import (
@@ -29,6 +30,7 @@ from reconciler import (
     policy,
     release,
     state,
+    text,
     verification,
 )
 from reconciler.errors import (
@@ -37,11 +39,13 @@ from reconciler.errors import (
     FetchError,
     Problem,
     ProblemsError,
+    ReconcilerError,
     ReleaseError,
     RevisionRejected,
     VerificationError,
 )
 from reconciler.settings import DeviceSettings
+from reconciler.urls import redact
 
 if TYPE_CHECKING:
     from reconciler.metrics import Metrics
@@ -98,6 +102,10 @@ class _Target:
         )
 
 
+# One app's env files: (container -> digest field for the spec, container -> values).
+_EnvFiles = tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]
+
+
 @dataclass(frozen=True)
 class _ReadRelease:
     """A release read at one commit, cached while the head does not move."""
@@ -137,16 +145,31 @@ class Reconciler:
         self._crash_loops = crash_loops.CrashLoops()
         self._failed_apps: set[str] = set()  # in the release but invalid or forbidden here
         self.fetch_failures = 0  # consecutive; the daemon backs off on it
+        self.consecutive_failures = 0  # cycles that crashed in a row; backed off like fetches
+        self._crashed = False
+        # Kept in memory (and in reconciler_last_fetch_success_timestamp_seconds), not in
+        # state_dir: an unchanged poll writes nothing to flash (SPEC 3.2 step 1).
+        self.last_fetch: datetime | None = None
+
+    @property
+    def backoff_failures(self) -> int:
+        """Failures in a row the daemon backs off on: unreachable remotes or crashed cycles."""
+        return max(self.fetch_failures, self.consecutive_failures)
 
     # -- the cycle ---------------------------------------------------------------------------
 
     def cycle(self, *, now: datetime | None = None) -> CycleOutcome:
-        """Run one cycle; never raises for fleet or engine trouble, returns the outcome."""
+        """Run one cycle; never raises (short of KeyboardInterrupt/SystemExit): fleet, engine
+        and disk trouble, and any bug, end as a returned outcome."""
         started = time.monotonic()
-        outcome = self._cycle(now or datetime.now(UTC))
+        outcome = self._guarded("cycle", lambda: self._cycle(now or datetime.now(UTC)))
+        self.consecutive_failures = self.consecutive_failures + 1 if self._crashed else 0
         if self.metrics is not None:
             self.metrics.record_cycle(outcome.result, time.monotonic() - started)
-            final = self.store.load()
+            try:
+                final = self.store.load()
+            except (state.StateError, OSError):
+                return outcome  # already reported by the cycle; the gauges keep their values
             self.metrics.know_apps(a.name for a in final.apps)
             if final.commit and final.release_version is not None:
                 self.metrics.set_applied(final.commit, final.release_version)
@@ -156,6 +179,41 @@ class Reconciler:
                 failed=len(self._failed_apps),
             )
         return outcome
+
+    def _guarded(self, what: str, run: Callable[[], CycleOutcome]) -> CycleOutcome:
+        """`run()`, with anything it raises turned into a failed outcome: logged (a bug with
+        its traceback), saved as `last_error` when `state.json` can be written. A state_dir that
+        cannot be read or written, a bug, an adapter raising what it should not: the daemon
+        lives on and backs off, and the next cycle starts afresh from state_dir and the engine.
+        """
+        self._crashed = False
+        try:
+            return run()
+        except Exception as exc:  # the one place every failure is caught
+            self._crashed = True
+            message = self._describe(exc)
+            # A state_dir that cannot be read or written is a fault of the device, reported
+            # by its message; anything else is a bug, and its traceback is what fixes it.
+            expected = isinstance(exc, (OSError, ReconcilerError))
+            logs.event(
+                _log,
+                logging.ERROR,
+                "cycle.aborted",
+                what=what,
+                error=message,
+                exc_info=None if expected else exc,
+            )
+            outcome = CycleOutcome("failed", f"{what} failed: {message}")
+            logs.event(
+                _log,
+                logging.ERROR,
+                "cycle.done",
+                result="failed",
+                changes=0,
+                message=outcome.message,
+            )
+            self._save_error_if_readable(outcome.message)
+            return outcome
 
     def _cycle(self, now: datetime) -> CycleOutcome:
         current = self._recover(self.store.load())
@@ -196,6 +254,7 @@ class Reconciler:
             now=now,
             release_info=info,
             deselected=deselected,
+            guard_rollback=True,
         )
         return self._finish(outcome)
 
@@ -208,7 +267,7 @@ class Reconciler:
             level,
             "cycle.done",
             result=outcome.result,
-            changes=len(planner.changes(list(outcome.actions))),
+            changes=len(_container_changes(outcome.actions)),
             message=outcome.message,
         )
         self._save_error(outcome.message if outcome.result in ("failed", "rolled_back") else None)
@@ -221,7 +280,9 @@ class Reconciler:
         put them back; a later change of their manifest is applied as usual. Health-checked
         like any change (an unhealthy previous state is rolled back in turn and reported).
         """
-        now = now or datetime.now(UTC)
+        return self._guarded("rollback", lambda: self._roll_back_by_hand(now or datetime.now(UTC)))
+
+    def _roll_back_by_hand(self, now: datetime) -> CycleOutcome:
         current = self._recover(self.store.load())
         if not current.previous_apps:
             return CycleOutcome("failed", "no previous state to return to")
@@ -284,8 +345,11 @@ class Reconciler:
                 self._metric("record_fetch_error", remote)
             raise
         self.fetch_failures = 0
+        self.last_fetch = now
         self._metric("record_fetch_success", now.timestamp())
-        # Persisted for `status` (another process); one small atomic write per poll.
+        if current.last_fetch_commit == head.commit:
+            return head.commit, current  # an unchanged poll writes nothing
+        # The head moved: recorded for `status` (another process), with when it was first seen.
         fetched = replace(current, last_fetch=_iso(now), last_fetch_commit=head.commit)
         self.store.save(fetched)
         return head.commit, fetched
@@ -444,13 +508,116 @@ class Reconciler:
         now: datetime,
         release_info: _ReadRelease | None = None,
         deselected: set[str] | None = None,
+        guard_rollback: bool = False,
+    ) -> CycleOutcome:
+        """Make the engine run `targets`. An app whose env_file cannot be read, or (with
+        `guard_rollback`) whose update could not be rolled back because the previous
+        revision's images are not local, is left exactly as it is and fails the cycle; the
+        other apps go ahead."""
+        env, blocked = self._read_env_files(targets)
+        applied = {a.name: a for a in current.apps}
+        try:
+            if guard_rollback:
+                blocked.update(self._rollback_impossible(applied, targets, blocked))
+        except EngineError as exc:
+            return CycleOutcome("failed", f"could not prepare the apply: {exc}")
+        for app, why in sorted(blocked.items()):
+            self._failed_apps.add(app)
+            logs.event(_log, logging.ERROR, "apply.blocked", app=app, reason=why)
+        usable = [t for t in targets if t.manifest.name not in blocked]
+        outcome = self._converge_targets(
+            current,
+            usable,
+            now=now,
+            env=env,
+            blocked=set(blocked),
+            release_info=release_info,
+            deselected=deselected,
+        )
+        if not blocked:
+            return outcome
+        reasons = "; ".join(f"{app}: {why}" for app, why in sorted(blocked.items()))
+        if outcome.result == "unchanged":
+            return CycleOutcome("failed", f"left as it is: {reasons}", outcome.actions)
+        if outcome.result == "converged":
+            message = f"left as it is: {reasons}; the other apps: {outcome.message}"
+            return CycleOutcome("failed", message, outcome.actions)
+        return CycleOutcome(
+            outcome.result, f"{outcome.message}; also left as it is: {reasons}", outcome.actions
+        )
+
+    def _read_env_files(
+        self, targets: Sequence[_Target]
+    ) -> tuple[dict[str, _EnvFiles], dict[str, str]]:
+        """Each target's env files read on the device, and the apps whose env_file is
+        missing, unreadable, too big or malformed (-> the reason, naming file and line)."""
+        env: dict[str, _EnvFiles] = {}
+        broken: dict[str, str] = {}
+        for target in targets:
+            try:
+                env[target.manifest.name] = self._env_files(target.manifest)
+            except ProblemsError as exc:
+                broken[target.manifest.name] = "; ".join(str(p) for p in exc.problems)
+        return env, broken
+
+    def _rollback_impossible(
+        self,
+        applied: Mapping[str, state.AppliedApp],
+        targets: Sequence[_Target],
+        blocked: Mapping[str, str],
+    ) -> dict[str, str]:
+        """Updates not to start: the images the app's current revision runs (what a rollback
+        returns to, with no network) are gone from the engine. The new revision's own images
+        are left out: they are pulled before anything is touched."""
+        refused: dict[str, str] = {}
+        for target in targets:
+            name = target.manifest.name
+            before = applied.get(name)
+            if name in blocked or before is None or before == target.applied():
+                continue
+            new_refs = {ref for _container, ref in target.images}
+            missing = sorted(
+                ref
+                for ref in {ref for _c, ref in before.images if ref not in new_refs}
+                if not self._image_local(ref)
+            )
+            if missing:
+                refused[name] = (
+                    f"update to revision {target.manifest.revision[:12]} not started: the image(s) "
+                    f"a rollback to revision {before.revision[:12]} needs are not in the engine "
+                    f"({', '.join(missing)}); pull them or make the registry reachable"
+                )
+        return refused
+
+    def _image_local(self, ref: str) -> bool:
+        """Whether `ref` is in the engine, pulling it back when it is not (deleted by hand)."""
+        if self.engine.image_present(ref):
+            return True
+        try:
+            self.engine.pull(ref)
+        except EngineError as exc:
+            logs.event(_log, logging.WARNING, "rollback.image_missing", image=ref, reason=str(exc))
+            return False
+        logs.event(_log, logging.INFO, "rollback.image_restored", image=ref)
+        return True
+
+    def _converge_targets(
+        self,
+        current: state.DeviceState,
+        targets: Sequence[_Target],
+        *,
+        now: datetime,
+        env: Mapping[str, _EnvFiles],
+        blocked: set[str],
+        release_info: _ReadRelease | None,
+        deselected: set[str] | None,
     ) -> CycleOutcome:
         namespace = self.settings.runtime.namespace
         wanted: list[model.DesiredContainer] = []
         env_files: dict[tuple[str, str], dict[str, str]] = {}
         try:
             for target in targets:
-                extra, values = self._env_files(target.manifest)
+                extra, values = env[target.manifest.name]
                 env_files.update({(target.manifest.name, c): v for c, v in values.items()})
                 wanted += desired.containers(
                     target.manifest, images=dict(target.images), namespace=namespace, extra=extra
@@ -458,24 +625,28 @@ class Reconciler:
             observed = self._settled_containers()
         except (EngineError, OSError) as exc:
             return CycleOutcome("failed", f"could not prepare the apply: {exc}")
-        # Apps whose manifest we could not rebuild are left alone: never remove what we
-        # cannot put back.
+        # Apps whose manifest we could not rebuild, or that are blocked, are left alone:
+        # never remove what we cannot put back.
         known = {t.manifest.name for t in targets}
         prunable = self._dropped(current, release_info) | (deselected or set())
-        frozen = {a.name for a in current.apps} - known - prunable
+        frozen = ({a.name for a in current.apps} - known - prunable) | blocked
         observed = [o for o in observed if o.app not in frozen]
         applied_revisions = {a.name: a.revision for a in current.apps}
         actions = planner.plan(wanted, observed, namespace=namespace, applied=applied_revisions)
         actions = self._crash_loops.throttle(actions, observed, now)
-        changes = planner.changes(actions)
-        to_apps = tuple(sorted((t.applied() for t in targets), key=lambda a: a.name))
+        changes = _container_changes(actions)
+        kept = [a for a in current.apps if a.name in blocked]
+        to_apps = tuple(sorted([*(t.applied() for t in targets), *kept], key=lambda a: a.name))
         moved = replace(current, apps=to_apps)
         if release_info is not None:
+            newer = release_info.parsed.version != current.release_version
             moved = replace(
                 moved,
                 release_version=release_info.parsed.version,
                 release_digest=release.digest(release_info.data),
                 commit=release_info.commit,
+                # A refusal is stale once a newer release is recorded as applied.
+                last_verification_failure=(None if newer else current.last_verification_failure),
             )
         changed_apps = _changed_apps(current.apps, to_apps)
         if not changes and not changed_apps:
@@ -588,7 +759,7 @@ class Reconciler:
         if back:
             try:
                 wanted = self._desired_of([t for t in previous if t.manifest.name in back])
-            except OSError as exc:  # an env_file vanished: the check itself cannot be built
+            except ProblemsError as exc:  # an env_file vanished: the check cannot be built
                 wanted = []
                 logs.event(_log, logging.ERROR, "rollback.unchecked", reason=str(exc))
             verdict = self._check_health(back, wanted)
@@ -669,7 +840,7 @@ class Reconciler:
         for spec in manifest.containers:
             if spec.env_file is None:
                 continue
-            data = Path(spec.env_file).read_bytes()
+            data = _read_env_file(spec.env_file)
             extra[spec.name] = {"env_file_sha256": hashlib.sha256(data).hexdigest()}
             values[spec.name] = docker_translate.parse_env_file(data, file=spec.env_file)
         return extra, values
@@ -701,6 +872,34 @@ class Reconciler:
         if current.last_error != message:
             self.store.save(replace(current, last_error=message))
 
+    def _save_error_if_readable(self, message: str) -> None:
+        """Record `message` as `last_error` when state.json can be read and written. An
+        unreadable state.json is never overwritten (it holds the last good state, a person
+        must look), and a full or read-only state_dir cannot take it: the log and
+        `reconciler_cycles_total{result="failed"}` carry it then, and `status` checks
+        state_dir itself."""
+        try:
+            self._save_error(message)
+        except Exception as exc:  # already failing: report and go on
+            logs.event(
+                _log,
+                logging.ERROR,
+                "state.error_not_saved",
+                error=self._describe(exc),
+                detail="last_error could not be recorded in state_dir",
+            )
+
+    def _describe(self, exc: BaseException) -> str:
+        """One bounded line for an exception nobody handled, source credentials redacted."""
+        if isinstance(exc, (ReconcilerError, OSError)):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        for url in (self.settings.source.url, *self.settings.source.mirrors):
+            if redact(url) != url:
+                message = message.replace(url, redact(url))
+        return text.one_line(message)
+
     def _metric(self, name: str, *args: object) -> None:
         if self.metrics is not None:
             getattr(self.metrics, name)(*args)
@@ -717,3 +916,31 @@ def _changed_apps(
     must prove healthy. Removed apps and drift repairs are not changes of an app."""
     old = {a.name: a for a in before}
     return {a.name for a in after if old.get(a.name) != a}
+
+
+def _container_changes(actions: Sequence[model.Action]) -> list[model.Action]:
+    """The actions that create, replace or remove a container: a pull is not a change of its
+    own (one replaced container is one change, not two)."""
+    return [a for a in planner.changes(actions) if a.kind is not model.ActionKind.PULL]
+
+
+def _read_env_file(path: str) -> bytes:
+    """The env file's bytes, read with the same 1 MiB cap as `docker_translate.read_env_file`;
+    ProblemsError naming the file when it is missing, unreadable or too big."""
+    from reconciler.adapters import docker_translate
+
+    limit = docker_translate.MAX_ENV_FILE_BYTES
+    try:
+        # Non-blocking open, then only a regular file is read: a FIFO or device put in its
+        # place would otherwise block the cycle (and the daemon) forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ProblemsError([Problem(path, "", "env file is not a regular file")])
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        reason = f"cannot read the env file: {exc.strerror or type(exc).__name__}"
+        raise ProblemsError([Problem(path, "", reason)]) from None
+    if len(data) > limit:
+        raise ProblemsError([Problem(path, "", f"env file larger than {limit} bytes")])
+    return data

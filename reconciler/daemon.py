@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from reconciler import backoff, device, logs, sdnotify, settings, state
+from reconciler import backoff, device, logs, sdnotify, settings, state, text
 from reconciler.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ PID_FILE = "daemon.pid"  # in state_dir: where `reconciler sync` finds the daemo
 ROLLBACK_REQUEST = "rollback.request"  # in state_dir: `reconciler rollback` while we run
 SYNC_SIGNAL = signal.SIGUSR1
 MAX_BACKOFF_FACTOR = 5  # while the fleet repo is unreachable, wait up to 5 poll intervals
+MAX_SLEEP = 86400.0  # longest single select(); a longer wait is several of them
 
 
 class Wakeups:
@@ -79,7 +80,8 @@ class Wakeups:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            readable, _, _ = select.select([self._read], [], [], left)
+            # Capped: select() raises OverflowError on a timeout past what the OS can sleep.
+            readable, _, _ = select.select([self._read], [], [], min(left, MAX_SLEEP))
             if readable:
                 with contextlib.suppress(BlockingIOError):
                     while self._read.recv(4096):
@@ -135,35 +137,82 @@ def _loop(
     watcher: _Watcher,
 ) -> None:
     """Cycle, sleep, repeat. The adapters and the Reconciler (its release cache and crash-loop
-    back-off) live across cycles and are rebuilt only when the settings change."""
+    back-off) live across cycles and are rebuilt only when the settings change.
+
+    Nothing raised here ends the daemon: a cycle turns every exception into a failed outcome,
+    and what fails around it (building the adapters, a rollback request) is logged with its
+    traceback, counted as a failed cycle and backed off like an unreachable remote. Only
+    SIGTERM/SIGINT end the loop.
+    """
     reason = "start"
     ready = False
-    while not wakeups.stop:
-        with device.open_device(current, metrics=metrics) as dev:
-            while not wakeups.stop:
-                request = Path(current.state_dir) / ROLLBACK_REQUEST
-                if request.exists():
-                    logs.event(_log, logging.WARNING, "rollback.requested")
-                    dev.reconciler.roll_back_by_hand()
-                    request.unlink(missing_ok=True)
-                logs.event(_log, logging.INFO, "cycle.start", trigger=reason)
-                dev.reconciler.cycle()
-                if not ready:  # systemd: started once the first cycle is over, good or bad
-                    sdnotify.notify("READY=1")
-                    ready = True
-                if current.metrics.pushgateway:
-                    grouping = {"device": current.device.name}
-                    metrics.push(current.metrics.pushgateway, "reconciler", grouping)
-                _sleep_with_watchdog(wakeups, _next_wait(current, dev.reconciler.fetch_failures))
-                if wakeups.stop:
-                    return
-                reason, reload = wakeups.take()
-                if reload:
-                    fresh = _reload(config_path, current)
-                    if fresh != current:
-                        current = fresh
+    crashes = 0  # rounds in a row that failed outside a cycle
+    dev: device.Device | None = None
+    adapters = contextlib.ExitStack()
+    try:
+        while not wakeups.stop:
+            logs.event(_log, logging.INFO, "cycle.start", trigger=reason)
+            try:
+                if dev is None:
+                    dev = adapters.enter_context(device.open_device(current, metrics=metrics))
+                _round(dev, current)
+                crashes = 0
+            except Exception as exc:  # the daemon's last net: log, count, back off, go on
+                crashes += 1
+                _round_failed(exc, metrics)
+                adapters.close()  # rebuilt next round, in case they are what broke
+                dev = None
+            if not ready:  # systemd: started once the first cycle is over, good or bad
+                sdnotify.notify("READY=1")
+                ready = True
+            if current.metrics.pushgateway:
+                grouping = {"device": current.device.name}
+                metrics.push(current.metrics.pushgateway, "reconciler", grouping)
+            failures = max(crashes, dev.reconciler.backoff_failures if dev else 0)
+            try:
+                wait = _next_wait(current, failures)
+            except (OverflowError, ValueError):  # an interval too large to compute with
+                wait = MAX_SLEEP
+            _sleep_with_watchdog(wakeups, wait)
+            if wakeups.stop:
+                return
+            reason, reload = wakeups.take()
+            if reload:
+                fresh = _reload(config_path, current)
+                if fresh != current:
+                    current = fresh
+                    try:
                         watcher.update(current)
-                        break  # rebuild the adapters on the new settings
+                    except OSError as exc:  # an unreadable new labels_dir or source path
+                        logs.event(_log, logging.ERROR, "watch.failed", reason=str(exc))
+                    adapters.close()  # rebuild the adapters on the new settings
+                    dev = None
+    finally:
+        adapters.close()
+
+
+def _round(dev: device.Device, current: settings.DeviceSettings) -> None:
+    """One wake-up: a rollback asked for by `reconciler rollback`, then a cycle."""
+    request = Path(current.state_dir) / ROLLBACK_REQUEST
+    if request.exists():
+        logs.event(_log, logging.WARNING, "rollback.requested")
+        dev.reconciler.roll_back_by_hand()
+        request.unlink(missing_ok=True)
+    dev.reconciler.cycle()
+
+
+def _round_failed(exc: Exception, metrics: Metrics) -> None:
+    message = text.one_line(f"{type(exc).__name__}: {exc}")
+    logs.event(
+        _log,
+        logging.ERROR,
+        "cycle.crashed",
+        what="daemon",
+        error=message,
+        action="backing off; the next cycle starts afresh",
+        exc_info=exc,
+    )
+    metrics.record_cycle("failed", 0.0)
 
 
 def _sleep_with_watchdog(wakeups: Wakeups, seconds: float) -> None:
@@ -183,12 +232,12 @@ def _sleep_with_watchdog(wakeups: Wakeups, seconds: float) -> None:
         sdnotify.notify("WATCHDOG=1")
 
 
-def _next_wait(current: settings.DeviceSettings, fetch_failures: int) -> float:
+def _next_wait(current: settings.DeviceSettings, failures: int) -> float:
     interval = current.source.poll_interval
     jitter = current.source.jitter
-    if fetch_failures:
+    if failures:
         return backoff.delay(
-            fetch_failures,
+            failures,
             initial=interval,
             cap=interval * MAX_BACKOFF_FACTOR,
             jitter=jitter,
@@ -197,7 +246,9 @@ def _next_wait(current: settings.DeviceSettings, fetch_failures: int) -> float:
 
 
 def _reload(config_path: str, current: settings.DeviceSettings) -> settings.DeviceSettings:
-    """The new settings, or the current ones when the new file is invalid (logged)."""
+    """The new settings, or the current ones when the new config or a labels.d file is
+    invalid, unreadable or crashes its parser (logged; `status` reads the same files and
+    shows the problem)."""
     try:
         fresh = device.load_settings(config_path)
     except SettingsError as exc:
@@ -209,6 +260,16 @@ def _reload(config_path: str, current: settings.DeviceSettings) -> settings.Devi
                 problem=str(problem),
                 action="kept the previous config",
             )
+        return current
+    except Exception as exc:  # a parser bug on hostile bytes must not end the daemon
+        logs.event(
+            _log,
+            logging.ERROR,
+            "config.invalid",
+            problem=device.load_failure(config_path, current.device.labels_dir, exc),
+            action="kept the previous config",
+            exc_info=exc,
+        )
         return current
     if fresh.state_dir != current.state_dir:
         logs.event(
@@ -224,8 +285,20 @@ def _reload(config_path: str, current: settings.DeviceSettings) -> settings.Devi
 
 @contextlib.contextmanager
 def _pid_file(state_dir: Path) -> Iterator[None]:
+    """`state_dir/daemon.pid` while the daemon runs. A full or read-only state_dir only costs
+    `reconciler sync` and `rollback` their way to the daemon: it runs on regardless."""
     path = state_dir / PID_FILE
-    path.write_text(f"{os.getpid()}\n", encoding="ascii")
+    try:
+        path.write_text(f"{os.getpid()}\n", encoding="ascii")
+    except OSError as exc:
+        logs.event(
+            _log,
+            logging.ERROR,
+            "daemon.pid_file_failed",
+            path=str(path),
+            reason=exc.strerror or str(exc),
+            action="running without it: reconciler sync and rollback cannot reach this daemon",
+        )
     try:
         yield
     finally:
@@ -331,6 +404,21 @@ def request_rollback(state_dir: str) -> str | None:
     if problem:
         request.unlink(missing_ok=True)
     return problem
+
+
+def running_pid(state_dir: str) -> int | None:
+    """The pid of the daemon running for `state_dir`, or None when none is."""
+    try:
+        pid = int((Path(state_dir) / PID_FILE).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid  # alive, only not ours to signal
+    except OSError:
+        return None
+    return pid
 
 
 def send_sync(state_dir: str) -> str | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import errors, settings, state
+from reconciler import errors, settings, state, text
 
 if TYPE_CHECKING:
     from reconciler.adapters.docker_engine import DockerEngine
@@ -39,6 +39,13 @@ def load_settings(config_path: str) -> settings.DeviceSettings:
     return loaded.with_labels(
         settings.merge_label_files(loaded.labels, read_label_files(labels_dir))
     )
+
+
+def load_failure(config_path: str, labels_dir: str | None, exc: Exception) -> str:
+    """One line for an exception (not a SettingsError) out of `load_settings`: a parser that
+    crashed on hostile bytes does not say which file it was reading, so both sources are named."""
+    where = config_path if labels_dir is None else f"{config_path} or a file in {labels_dir}"
+    return text.one_line(f"{where}: cannot be loaded: {type(exc).__name__}: {exc}")
 
 
 def read_label_files(labels_dir: str) -> list[tuple[str, bytes]]:

@@ -233,6 +233,39 @@ class Metrics:
         return True
 
 
+def read_last_fetch(listen: str, *, timeout: float = 2.0) -> float | None:
+    """The running daemon's `reconciler_last_fetch_success_timestamp_seconds`, read from its
+    `metrics.listen` endpoint (any-address binds are asked on loopback); None when nothing
+    answers or no fetch succeeded yet. For `status`: the fetch time is kept in memory only."""
+    import urllib.request
+
+    if not listen:
+        return None
+    try:
+        host, port = parse_listen(listen)
+    except ValueError:
+        return None
+    if host in ("", ANY_ADDRESS, "::"):
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    # No proxy: the daemon's own endpoint, whatever http_proxy says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{shown}:{port}/metrics", timeout=timeout) as reply:
+            body = reply.read(4 * 1024 * 1024).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    for line in body.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "reconciler_last_fetch_success_timestamp_seconds":
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            return seconds if seconds > 0 else None
+    return None
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """The address to bind: `127.0.0.1:9469` -> ("127.0.0.1", 9469); `[::1]:9469` ->
     ("::1", 9469); `:9469` -> ("0.0.0.0", 9469), as an empty host means every address."""

@@ -334,22 +334,28 @@ def _kind(value: Any) -> str:
 
 
 class StateLock:
-    """An exclusive `flock` on `state_dir/lock`, held until `release()` or the `with` block ends."""
+    """An exclusive `flock` on `state_dir/lock`, held until `release()` or the `with` block ends.
+
+    Taking it writes nothing once the file exists (it is opened read-only: flock needs no
+    write access), so an unchanged `reconciler once` leaves state_dir untouched and a
+    read-only state_dir can still be locked. The holder's pid, for the message a second
+    instance prints, comes from the kernel's lock table, not from the file.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            pid = _read_pid(fd)
+            pid = _holder_pid(fd)
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise StateLocked(path, pid) from None
             raise
-        # The pid is only for the message a second instance prints; the flock is the lock.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd: int | None = fd
 
     def release(self) -> None:
@@ -357,8 +363,6 @@ class StateLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
         os.close(fd)  # closing the last descriptor releases the flock
 
     def __enter__(self) -> StateLock:
@@ -368,12 +372,30 @@ class StateLock:
         self.release()
 
 
-def _read_pid(fd: int) -> int | None:
+def _holder_pid(fd: int) -> int | None:
+    """The pid holding a flock on the file of `fd`, from /proc/locks (Linux); None if unknown.
+
+    A line reads `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`, the device in hex.
+    """
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        info = os.fstat(fd)
+        table = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or "->" in fields:
+            continue  # "->" marks a waiter, not the holder
+        try:
+            major, minor, inode = fields[5].split(":")
+            found = (int(major, 16), int(minor, 16), int(inode))
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if found == wanted:
+            return pid
+    return None
 
 
 class StateStore:
@@ -470,9 +492,39 @@ class StateStore:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
+# Below this much free space a state.json write (a few KiB, plus its temp copy) is at risk.
+LOW_SPACE_BYTES = 64 * 1024
+
+
+def write_problem(state_dir: Path | str) -> str | None:
+    """Why nothing can be written to `state_dir` now (full, or on a read-only file system),
+    naming it; None when it looks writable or does not exist yet. For `status`: a daemon that
+    cannot save its state cannot save that error either."""
+    try:
+        info = os.statvfs(state_dir)
+    except OSError:
+        return None
+    if info.f_flag & os.ST_RDONLY:
+        return f"state_dir {state_dir} is on a read-only file system: no change can be recorded"
+    free = info.f_bavail * info.f_frsize
+    if free < LOW_SPACE_BYTES or (info.f_files and info.f_favail == 0):
+        return (
+            f"state_dir {state_dir} is full ({free} bytes free): state.json cannot be written, "
+            "so no change is applied"
+        )
+    return None
+
+
 def _atomic_write(target: Path, data: bytes) -> None:
-    """mkstemp beside `target` -> write -> fsync -> rename over it -> fsync the directory."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX)
+    """mkstemp beside `target` -> write -> fsync -> rename over it -> fsync the directory.
+
+    An OSError (a full or read-only state_dir) is raised naming `target`, whichever step
+    failed: a write error of the temp file alone would not say which file could not be saved.
+    """
+    try:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -480,12 +532,19 @@ def _atomic_write(target: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _write_error(target, exc) from exc
         raise
     # Without this the rename itself may not survive a power cut.
     _fsync_dir(target.parent)
+
+
+def _write_error(target: Path, exc: OSError) -> OSError:
+    reason = exc.strerror or type(exc).__name__
+    return OSError(exc.errno, f"cannot write {target}: {reason}")
 
 
 def _fsync_dir(directory: Path) -> None:

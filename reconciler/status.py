@@ -4,6 +4,15 @@ Pure: `report()` builds a plain dict (the `--json` output) from the state, the o
 containers and volumes; `render()` turns it into lines a person reads at a glance on the device.
 The engine part is optional: with the engine down, status still shows the saved state and says
 why the containers are missing.
+
+Where each line comes from. `last fetch`: an unchanged poll writes nothing to `state_dir`, so
+the time of the last successful fetch lives in the running daemon (its
+`reconciler_last_fetch_success_timestamp_seconds`, which the CLI reads from `metrics.listen`);
+without an answering daemon the line shows when the head last moved, as saved in `state.json`,
+and says so. `last error`: a full or read-only `state_dir` cannot record the error it causes,
+so the CLI checks `state_dir` itself and that problem, naming the path, is the last error shown.
+`config`: the CLI reads the same config and labels.d files as the daemon; when they are invalid
+now, the running daemon kept its previous settings, and status says so.
 """
 
 from __future__ import annotations
@@ -22,8 +31,17 @@ def report(
     observed: Sequence[model.ObservedContainer] | None,
     volumes: Sequence[str] | None,
     engine_error: str | None = None,
+    state_dir_error: str | None = None,
+    fetched_by_daemon: str | None = None,
+    config_error: str | None = None,
 ) -> dict[str, Any]:
-    """The status document; `observed`/`volumes` are None when the engine could not be asked."""
+    """The status document; `observed`/`volumes` are None when the engine could not be asked.
+
+    `state_dir_error`: why state_dir cannot be written now (full, read-only); it is the last
+    error then, as nothing newer could be saved. `fetched_by_daemon`: the running daemon's last
+    successful fetch (ISO 8601 UTC), None when no daemon answered. `config_error`: why the
+    config or a labels.d file cannot be loaded now.
+    """
     by_app: dict[str, list[model.ObservedContainer]] = {}
     for container in observed or ():
         by_app.setdefault(container.app, []).append(container)
@@ -55,9 +73,14 @@ def report(
         "release_version": saved.release_version,
         "commit": saved.commit,
         "applied_at": saved.applied_at,
-        "last_fetch": saved.last_fetch,
+        "last_fetch": fetched_by_daemon or saved.last_fetch,
+        "last_fetch_source": (
+            "daemon" if fetched_by_daemon else "state_dir" if saved.last_fetch else None
+        ),
         "last_fetch_commit": saved.last_fetch_commit,
-        "last_error": saved.last_error,
+        "last_error": _last_error(saved.last_error, state_dir_error),
+        "state_dir_error": state_dir_error,
+        "config_error": config_error,
         "last_verification_failure": saved.last_verification_failure,
         "pending": None
         if saved.pending is None
@@ -99,8 +122,19 @@ def render(doc: dict[str, Any]) -> list[str]:
             f"release {doc['release_version']} at commit {_short(doc['commit'])}, "
             f"applied {doc['applied_at'] or '?'}"
         )
-    if doc["last_fetch"]:
-        lines.append(f"last fetch: {doc['last_fetch']} (head {_short(doc['last_fetch_commit'])})")
+    if doc["config_error"]:
+        lines.append(
+            f"config: invalid now, a running daemon keeps its previous settings: "
+            f"{doc['config_error']}"
+        )
+    head = f"head {_short(doc['last_fetch_commit'])}"
+    if doc["last_fetch_source"] == "daemon":
+        lines.append(f"last fetch: {doc['last_fetch']} ({head}, from the running daemon)")
+    elif doc["last_fetch"]:
+        lines.append(
+            f"last fetch: {doc['last_fetch']} ({head}; when the head last moved: no daemon "
+            "answered, and unchanged polls are not recorded on disk)"
+        )
     else:
         lines.append("last fetch: never")
     lines.append(f"last error: {doc['last_error'] or 'none'}")
@@ -138,6 +172,12 @@ def render(doc: dict[str, Any]) -> list[str]:
             + ", ".join(doc["volumes"])
         )
     return lines
+
+
+def _last_error(saved: str | None, state_dir_error: str | None) -> str | None:
+    if state_dir_error is None:
+        return saved
+    return f"{state_dir_error}; saved before it: {saved}" if saved else state_dir_error
 
 
 def _short(commit: str | None) -> str:

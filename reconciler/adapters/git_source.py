@@ -315,10 +315,17 @@ class GitSource:
             self._cache_dir.mkdir(parents=True, exist_ok=True)
             runner = git.Git(str(self._cache_dir))
             runner.update_environment(**_GIT_ENV, GIT_DIR=str(self._cache_dir))
-            # Idempotent, so it also repairs a half-created cache; no templates: no sample hooks.
-            status, _, err = self._run("init", "--quiet", "--bare", "--template=", runner=runner)
-            if status != 0:
-                raise errors.FetchError(f"cannot create the cache {self._cache_dir}: {err.strip()}")
+            # Re-running `git init` on a whole cache would rewrite its config on every start (a
+            # flash write per `reconciler once`): only a missing or half-created one gets it.
+            if not _is_bare_repo(self._cache_dir):
+                # Idempotent, so it also repairs a half-created cache; no templates: no hooks.
+                status, _, err = self._run(
+                    "init", "--quiet", "--bare", "--template=", runner=runner
+                )
+                if status != 0:
+                    raise errors.FetchError(
+                        f"cannot create the cache {self._cache_dir}: {err.strip()}"
+                    )
             repo = git.Repo(str(self._cache_dir))
             repo.git.update_environment(**_GIT_ENV, GIT_DIR=str(self._cache_dir))
             self._repo = repo
@@ -367,6 +374,16 @@ class GitSource:
                     lock.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _is_bare_repo(cache_dir: Path) -> bool:
+    """Whether `cache_dir` has everything `git init --bare` makes (else init repairs it)."""
+    return (
+        (cache_dir / "HEAD").is_file()
+        and (cache_dir / "config").is_file()
+        and (cache_dir / "objects").is_dir()
+        and (cache_dir / "refs").is_dir()
+    )
 
 
 def _scrub_text(text: str) -> str:

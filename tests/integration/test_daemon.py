@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
+from reconciler import (
+    cycle,
+    desired,
+    device,
+    executor,
+    health,
+    planner,
+    release,
+    state,
+)
+from reconciler import daemon as daemon_loop
+from reconciler.metrics import Metrics
 from tests.infra.git_server import GitDaemon
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
@@ -221,3 +239,156 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(
 
     assert second.code == 1 and f"process {first.pid}" in second.err
     assert once.code == 1 and "only one reconciler" in once.err
+
+
+# --- never a dead daemon -----------------------------------------------------------------------
+
+# Where a fault is injected, by the name the cycle's own code calls it under. An arbitrary bug
+# cannot be provoked for real, so these are fakes: each raises once, the way any unexpected
+# exception would (a RuntimeError no handler expects), then the real code runs again.
+CYCLE_STEPS = {
+    "fetch": ("git", "head"),
+    "verify": (release, "check_succession"),
+    "select": (desired, "decide"),
+    "plan": (planner, "plan"),
+    "apply": (executor, "apply"),
+    "health": (health, "wait_healthy"),
+    "commit": (cycle.Reconciler, "_commit"),
+    "state write": ("store", "save"),
+}
+
+
+def test_a_failure_at_any_step_of_a_cycle_fails_only_that_cycle_and_the_next_one_applies(
+    lab: DeviceLab,
+    pages: dict[str, str],
+    docker_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    lab.write_config(health={"timeout": "30s", "stable_for": "0s"})
+    port = lab.free_port()
+    web = {"name": "web", "image": pages["v1"], "ports": [f"127.0.0.1:{port}:80"]}
+    lab.publish({"web": app_manifest("web", [{**web, "env": {"STEP": "start"}}])})
+    settings = device.load_settings(str(lab.config_path))
+    counters = Metrics()
+    with (
+        state.StateStore(settings.state_dir).lock(),
+        device.open_device(settings, metrics=counters) as dev,
+    ):
+        rec = dev.reconciler
+        assert rec.cycle().result == "converged"
+        for number, (step, (owner, name)) in enumerate(CYCLE_STEPS.items(), start=1):
+            target = getattr(rec, owner) if isinstance(owner, str) else owner
+            real = getattr(target, name)
+            calls = []
+
+            def boom(
+                *args: object,
+                _real: Any = real,
+                _calls: list[int] = calls,
+                _step: str = step,
+                **kw: object,
+            ) -> Any:
+                if not _calls:
+                    _calls.append(1)
+                    raise RuntimeError(f"injected fault in {_step}")
+                return _real(*args, **kw)
+
+            monkeypatch.setattr(target, name, boom)
+            lab.publish({"web": app_manifest("web", [{**web, "env": {"STEP": step}}])})
+
+            failed = rec.cycle()
+
+            assert failed.result == "failed", step
+            assert f"injected fault in {step}" in failed.message
+            assert counters.cycles.labels(result="failed")._value.get() == number
+            if step != "state write":  # its one failure was the save of last_error itself
+                assert f"injected fault in {step}" in (rec.store.load().last_error or "")
+            assert rec.backoff_failures == 1  # the daemon backs off on it
+
+            monkeypatch.setattr(target, name, real)
+            applied = rec.cycle()
+
+            assert applied.result == "converged", (step, applied.message)
+            assert rec.backoff_failures == 0
+            saved = rec.store.load()
+            assert saved.last_error is None and saved.pending is None
+            (container,) = managed(docker_client, lab.namespace)
+            assert container.attrs["Config"]["Env"].count(f"STEP={step}") == 1, step
+            assert http_get(port) == "page v1"
+
+
+def test_the_daemon_lives_through_a_cycle_that_raises_and_backs_off_until_it_works(
+    lab: DeviceLab,
+    pages: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # The daemon's loop runs in this process (the faults are injected: see CYCLE_STEPS);
+    # SIGTERM from a helper thread stops it the way systemd would.
+    lab.write_config(source={"url": str(lab.fleet.root), "poll_interval": "100ms"})
+    port = lab.free_port()
+    web = {"name": "web", "image": pages["v1"], "ports": [f"127.0.0.1:{port}:80"]}
+    lab.publish({"web": app_manifest("web", [web])})
+    settings = device.load_settings(str(lab.config_path))
+    real_cycle = cycle.Reconciler._cycle
+    calls: list[float] = []
+
+    def flaky(self: cycle.Reconciler, now: datetime) -> cycle.CycleOutcome:
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise RuntimeError("injected bug")
+        if len(calls) == 5:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return real_cycle(self, now)
+
+    monkeypatch.setattr(cycle.Reconciler, "_cycle", flaky)
+    real_open = device.open_device
+    opened: list[int] = []
+
+    @contextlib.contextmanager
+    def open_twice_failing(*args: Any, **kw: Any) -> Iterator[device.Device]:
+        opened.append(1)
+        if len(opened) == 1:
+            raise OSError("injected: adapters could not be built")
+        with real_open(*args, **kw) as dev:
+            yield dev
+
+    monkeypatch.setattr(device, "open_device", open_twice_failing)
+
+    assert daemon_loop.run(str(lab.config_path), settings) == 0
+
+    assert len(calls) >= 5
+    # Back-off: the waits after the failures grow (0.1 s poll; then 0.2, 0.4 s).
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps[0] < gaps[1] < gaps[2], gaps
+    assert http_get(port) == "page v1"
+    saved = state.StateStore(settings.state_dir).load()
+    assert saved.last_error is None and saved.apps[0].name == "web"
+
+
+def test_a_labels_file_that_crashes_the_parser_keeps_the_previous_settings_and_says_so(
+    lab: DeviceLab,
+    pages: dict[str, str],
+    daemon: Callable[[], subprocess.Popen[bytes]],
+):
+    port = lab.free_port()
+    web = {"name": "web", "image": pages["v1"], "ports": [f"127.0.0.1:{port}:80"]}
+    lab.publish({"web": app_manifest("web", [web], selector={"matchLabels": {"role": "gateway"}})})
+    process = daemon()
+    eventually(served(port, "page v1"), "first apply on start")
+
+    # A NUL byte: input that made the YAML reader raise past the config checks.
+    (lab.labels_dir / "10-bad.yaml").write_bytes(b"role: \x00sensor\n")
+    process.send_signal(signal.SIGHUP)
+    eventually(lambda: '"config.invalid"' in lab.daemon_log.read_text(), "config.invalid logged")
+    status = lab.cli("status")
+    lab.publish({"web": app_manifest("web", [{**web, "image": pages["v2"]}])})
+    eventually(served(port, "page v2"), "the daemon still applies with the previous settings")
+
+    assert process.poll() is None
+    assert status.code == 0, status.err
+    assert "config: invalid now, a running daemon keeps its previous settings" in status.out
+    assert "labels.d" in status.out
+    code, records = stop(lab, process)
+    assert code == 0
+    invalid = [r for r in records if r["event"] == "config.invalid"]
+    assert invalid and all(r["action"] == "kept the previous config" for r in invalid)

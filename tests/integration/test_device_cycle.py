@@ -88,6 +88,41 @@ def test_a_new_image_replaces_the_container(
     replaced = [r for r in log_events(run.err) if r["event"] == "apply.replace"]
     assert replaced and replaced[0]["app"] == "web" and replaced[0]["reason"]
     assert len(managed(docker_client, lab.namespace)) == 1
+    # One container replaced is one change (its image pull is part of it).
+    assert run.out.startswith("converged: 1 change(s) applied"), run.out
+    (done,) = [r for r in log_events(run.err) if r["event"] == "cycle.done"]
+    assert done["changes"] == 1
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes | None]]:
+    """Every file and directory under `root`: mtime, inode, size and (files) content."""
+    seen = {}
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        content = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        seen[str(path.relative_to(root))] = (info.st_mtime_ns, info.st_ino, info.st_size, content)
+    return seen
+
+
+def test_an_unchanged_poll_writes_nothing_under_state_dir(
+    lab: DeviceLab, web_images: dict[str, str]
+):
+    port = lab.free_port()
+    lab.publish({"web": app_manifest("web", [web(web_images["v1"], port)])})
+    assert lab.once().code == 0
+    assert (lab.state_dir / "mirror.git" / "config").is_file()  # the Git mirror is in there too
+    before = snapshot(lab.state_dir)
+    time.sleep(0.05)  # a rewrite within the same mtime tick would still change the inode
+
+    second = lab.once()
+
+    assert second.code == 0 and second.out.startswith("unchanged"), second.err
+    after = snapshot(lab.state_dir)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert changed == []
+    # The fetch itself is still known: it was fetched (the log), status names the head.
+    assert any(r["event"] == "cycle.done" for r in log_events(second.err))
+    assert lab.status()["last_fetch_commit"] == lab.fleet.git("rev-parse", "HEAD").strip()
 
 
 def test_an_env_change_and_an_env_file_change_on_the_device_replace_the_container(

@@ -199,3 +199,54 @@ def test_an_app_that_cannot_start_reverts_the_cycle_and_only_it_is_held_back(
             "alpha"
         ]
         assert [a["name"] for a in lab.status()["apps"]] == ["alpha"]
+
+
+def test_an_update_whose_rollback_images_are_gone_is_not_started_until_they_are_back(
+    lab: DeviceLab,
+    images: ImageFactory,
+    registry: LocalRegistry,
+    docker_client: docker.DockerClient,
+):
+    unique = uuid.uuid4().hex[:12]
+    old_local = images.httpd(f"lab-fault-kept-{unique}", "hello kept")
+    registry.push(old_local, f"lab/fault-kept:{unique}")
+    kept = f"{registry.address}/lab/fault-kept:{unique}"
+    new_local = images.httpd(f"lab-fault-next-{unique}", "hello next")
+    registry.push(new_local, f"lab/fault-next:{unique}")
+    port = lab.free_port()
+    lab.publish({"web": app_manifest("web", [web(kept, port)])})
+    assert lab.once().code == 0
+    (before,) = managed(docker_client, lab.namespace)
+    old_revision = before.labels[model.LABEL_REVISION]
+    # Deleted by hand (the running container keeps its layers, but the engine no longer has
+    # the image a rollback would start), while the new revision's image is local: the update
+    # itself could be applied offline, its rollback could not.
+    docker_client.images.remove(kept, force=True)
+    docker_client.images.remove(old_local, force=True)
+    lab.publish(
+        {"web": app_manifest("web", [web(f"{registry.address}/lab/fault-next:{unique}", port)])}
+    )
+
+    registry.stop()
+    try:
+        run = lab.once()
+
+        assert run.code == 1, run.out + run.err
+        assert "not started" in run.out and kept in run.out
+        (after,) = managed(docker_client, lab.namespace)
+        assert after.id == before.id and after.status == "running"
+        assert http_get(port) == "hello kept"
+        status = lab.status()
+        assert status["apps"][0]["revision"] == old_revision
+        assert status["pending"] is None and status["held_back"] == []
+        assert "a rollback to revision" in str(status["last_error"])
+        assert kept in str(status["last_error"])
+    finally:
+        registry.start()
+
+    again = lab.once()  # the registry is back: the kept image is pulled again, then the update
+
+    assert again.code == 0, again.out + again.err
+    assert http_get(port) == "hello next"
+    assert docker_client.images.get(kept) is not None
+    assert lab.status()["last_error"] is None

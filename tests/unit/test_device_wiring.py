@@ -87,3 +87,37 @@ def test_sync_with_a_stale_pid_file_says_the_process_is_gone(tmp_path: Path):
     (tmp_path / daemon.PID_FILE).write_text("999999999\n")
     problem = daemon.send_sync(str(tmp_path))
     assert problem is not None and "is gone" in problem
+
+
+def test_a_parser_crash_while_loading_names_the_config_and_the_labels_dir():
+    problem = device.load_failure("/etc/r/config.yaml", "/etc/r/labels.d", ValueError("bad\nx"))
+    assert problem == (
+        "/etc/r/config.yaml or a file in /etc/r/labels.d: cannot be loaded: ValueError: bad\\nx"
+    )
+    assert device.load_failure("/c.yaml", None, KeyError("k")).startswith("/c.yaml: cannot")
+
+
+def test_reload_keeps_the_current_settings_whatever_the_new_files_raise(tmp_path: Path):
+    labels = tmp_path / "labels.d"
+    labels.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"device:\n  labels_dir: {labels}\nsource:\n  url: /srv/fleet\n"
+        "trust:\n  allow_unsigned: true\n"
+    )
+    current = device.load_settings(str(config))
+    for bad in (b"role: \x00x\n", b"[" * 5000, b"\xff\xfe\x00", b"a: !!int abc\n"):
+        (labels / "10-bad.yaml").write_bytes(bad)
+        assert daemon._reload(str(config), current) is current
+    config.write_text("source: [\n")
+    assert daemon._reload(str(config), current) is current
+
+
+def test_running_pid_names_a_live_daemon_only(tmp_path: Path):
+    import os
+
+    assert daemon.running_pid(str(tmp_path)) is None
+    (tmp_path / daemon.PID_FILE).write_text("999999999\n")
+    assert daemon.running_pid(str(tmp_path)) is None
+    (tmp_path / daemon.PID_FILE).write_text(f"{os.getpid()}\n")
+    assert daemon.running_pid(str(tmp_path)) == os.getpid()

@@ -467,3 +467,20 @@ def test_known_apps_get_their_per_app_series_at_zero():
     for app in ("gw", "api"):
         assert f'reconciler_rollbacks_total{{app="{app}"}} 0.0' in text
         assert f'reconciler_drift_corrections_total{{app="{app}"}} 0.0' in text
+
+
+def test_status_reads_the_last_fetch_time_from_a_running_daemons_endpoint() -> None:
+    from reconciler.metrics import read_last_fetch
+
+    metrics = Metrics()
+    server = metrics.serve("127.0.0.1:0")
+    assert server is not None
+    try:
+        assert read_last_fetch(f"127.0.0.1:{server.port}") is None  # no fetch yet
+        metrics.record_fetch_success(1_700_000_000.5)
+        assert read_last_fetch(f"127.0.0.1:{server.port}") == 1_700_000_000.5
+        assert read_last_fetch(f":{server.port}") == 1_700_000_000.5  # any address: loopback
+    finally:
+        server.shutdown()
+    assert read_last_fetch(f"127.0.0.1:{server.port}", timeout=1) is None  # nobody answers
+    assert read_last_fetch("") is None

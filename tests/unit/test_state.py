@@ -298,3 +298,29 @@ def test_taking_the_lock_removes_temp_files_a_crash_left_behind(tmp_path: Path) 
     with store.lock():
         assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "manifests"]
         assert store.manifests() == {REVISION}
+
+
+def test_taking_the_lock_again_writes_nothing_in_state_dir(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.lock().release()
+    lock = tmp_path / "lock"
+    before = (lock.stat().st_mtime_ns, lock.stat().st_ino, lock.read_bytes())
+    directory = tmp_path.stat().st_mtime_ns
+    with store.lock():
+        pass
+    assert (lock.stat().st_mtime_ns, lock.stat().st_ino, lock.read_bytes()) == before
+    assert tmp_path.stat().st_mtime_ns == directory
+
+
+def test_a_failed_save_names_the_file_it_could_not_write(tmp_path: Path) -> None:
+    (tmp_path / "state.json" / "in-the-way").mkdir(parents=True)  # the rename cannot land
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'state.json'}: "):
+        StateStore(tmp_path).save(DeviceState())
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+
+
+def test_a_writable_state_dir_has_no_write_problem_and_a_missing_one_none_yet(
+    tmp_path: Path,
+) -> None:
+    assert state.write_problem(tmp_path) is None
+    assert state.write_problem(tmp_path / "not-yet") is None

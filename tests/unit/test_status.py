@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from reconciler import model, state, status
 
 REV = "a" * 64
@@ -94,3 +96,52 @@ def test_an_interrupted_change_is_shown():
         state.DeviceState(pending=pending), device="d", state_dir="/s", observed=[], volumes=[]
     )
     assert any("interrupted change to release 8" in line for line in status.render(doc))
+
+
+def test_a_state_dir_that_cannot_be_written_is_the_last_error_and_names_the_path():
+    problem = "state_dir /s is full (0 bytes free): state.json cannot be written"
+    saved = replace(SAVED, last_error="fetch failed")
+    doc = status.report(
+        saved, device="d", state_dir="/s", observed=[], volumes=[], state_dir_error=problem
+    )
+    assert doc["state_dir_error"] == problem
+    assert doc["last_error"] == f"{problem}; saved before it: fetch failed"
+    assert f"last error: {problem}; saved before it: fetch failed" in status.render(doc)
+
+
+def test_the_last_fetch_comes_from_the_running_daemon_when_it_answers():
+    doc = status.report(
+        SAVED,
+        device="d",
+        state_dir="/s",
+        observed=[],
+        volumes=[],
+        fetched_by_daemon="2026-12-03T09:00:00Z",
+    )
+    assert doc["last_fetch"] == "2026-12-03T09:00:00Z"
+    assert doc["last_fetch_source"] == "daemon"
+    text = "\n".join(status.render(doc))
+    assert "last fetch: 2026-12-03T09:00:00Z (head 1234567890ab, from the running daemon)" in text
+
+
+def test_without_a_daemon_the_last_fetch_says_it_is_when_the_head_last_moved():
+    doc = status.report(SAVED, device="d", state_dir="/s", observed=[], volumes=[])
+    assert doc["last_fetch_source"] == "state_dir"
+    text = "\n".join(status.render(doc))
+    assert "last fetch: 2026-12-03T07:05:00Z (head 1234567890ab; when the head last moved" in text
+
+
+def test_a_config_that_became_invalid_is_shown_with_the_previous_settings_kept():
+    doc = status.report(
+        SAVED,
+        device="d",
+        state_dir="/s",
+        observed=[],
+        volumes=[],
+        config_error="/etc/reconciler/labels.d/x.yaml: not valid YAML",
+    )
+    assert any(
+        line.startswith("config: invalid now, a running daemon keeps its previous settings")
+        and "labels.d/x.yaml" in line
+        for line in status.render(doc)
+    )
