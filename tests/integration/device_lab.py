@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import yaml
 
 from reconciler import model, release, repo_verbs
@@ -219,7 +220,15 @@ def log_events(stderr: str) -> list[dict[str, object]]:
 def managed(client: docker.DockerClient, namespace: str) -> list[Any]:
     """The engine's containers labelled with `namespace`, running or not."""
     label = f"{model.LABEL_NAMESPACE}={namespace}"
-    return client.containers.list(all=True, filters={"label": label})
+    for _ in range(10):
+        try:
+            return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+        except docker.errors.APIError as exc:
+            # Podman answers 500 "no such container" (not 404) for one removed between the
+            # list and its inspect: ask again.
+            if "no such container" not in str(exc.explanation).lower():
+                raise
+    return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
 
 
 def container_actions(client: docker.DockerClient, namespace: str, since: float) -> list[str]:
