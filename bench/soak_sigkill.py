@@ -47,7 +47,7 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import model, state
+from reconciler import model, state, text
 from tests.infra.engine import acquire
 from tests.infra.images import ImageFactory, check_busybox
 from tests.infra.registry import LocalRegistry
@@ -116,6 +116,20 @@ def kill_phase(log: Path) -> str:
     if steps:
         return f"apply, after {steps[-1]} #{len(steps)}"
     return "fetch, verify, pull"
+
+
+def restart_said(log: Path) -> str:
+    """What a run that did not finish the change said: its error records and its last line."""
+    said = []
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").splitlines()
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+                    said.append(f"{record.get('event')}: {record.get('error') or record}")
+        said += lines[-1:]
+    return " | ".join(said) or "(nothing)"
 
 
 def quietly_release(lab: DeviceLab, refs: dict[str, str], **kwargs: object) -> str:
@@ -193,10 +207,11 @@ def soak(args: argparse.Namespace) -> int:
                 tally.mixed.append(f"{where}: containers {keys(now)}")
             elif not all_running(client, namespace):
                 tally.mixed.append(f"{where}: not all containers running: {keys(now)}")
-            if not bad and (second_code != 0 or set(keys(now)) != aimed):
-                tally.not_converged.append(f"{where}: restart exited {second_code}")
-            if bad and second_code not in (0, 3):
-                tally.not_converged.append(f"{where}: restart exited {second_code}")
+            if (second_code not in (0, 3) if bad else second_code != 0) or (
+                not bad and set(keys(now)) != aimed
+            ):
+                said = text.one_line(restart_said(lab.root / "once.log"), limit=400)
+                tally.not_converged.append(f"{where}: restart exited {second_code}: {said}")
             try:  # after the restart: no transaction open, apps as running, last good kept
                 after = saved(lab)
                 apps = tuple(sorted((a.name, a.revision) for a in after.apps))

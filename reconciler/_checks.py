@@ -34,9 +34,8 @@ def show_json(value: object) -> str:
     if value is None or isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, int | float):
-        return (
-            f"{type(value).__name__.replace('int', 'integer').replace('float', 'number')} {value}"
-        )
+        kind = "integer" if isinstance(value, int) else "number"
+        return f"{kind} {_cut(str(value))}"
     if isinstance(value, str):
         return json.dumps(value if len(value) <= 80 else value[:77] + "...")
     return _kind(value)
@@ -49,17 +48,22 @@ def show_typed(value: object) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, int | float):
-        return f"number {value}"
+        return f"number {_cut(str(value))}"
     if isinstance(value, str):
-        return f'string "{value}"'
+        return f'string "{_cut(value)}"'
     return _kind(value)
 
 
 def show_literal(value: object) -> str:
     """Scalars as JSON literals (`null`, `true`, `5`, `"text"`), else `a list`, `a mapping`."""
     if value is None or isinstance(value, str | bool | int | float):
-        return json.dumps(value)
+        return _cut(json.dumps(value))
     return _kind(value)
+
+
+def _cut(shown: str, limit: int = 80) -> str:
+    """`shown` cut to `limit` characters: a found value is echoed, never a megabyte of it."""
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def join_dotted(where: str, key: object) -> str:
@@ -261,8 +265,13 @@ def of_type(kind: type, what: str) -> Check:
     return run
 
 
-string = of_type(str, "a string")
 flag = of_type(bool, "true or false")
+
+
+def string(r: Report, where: str, value: object) -> str | None:
+    """A string without NUL bytes (no path, argument or name the kernel takes can hold one)."""
+    text = of_type(str, "a string")(r, where, value)
+    return text if text is None or no_nul(r, where, text) else None
 
 
 def nonblank(r: Report, where: str, value: object) -> str | None:
@@ -272,6 +281,14 @@ def nonblank(r: Report, where: str, value: object) -> str | None:
         r.add(where, "must not be empty")
         return None
     return text
+
+
+def no_nul(r: Report, where: str, text: str) -> bool:
+    """True when `text` holds no NUL byte; else a problem (C strings, argv and paths end there)."""
+    if "\x00" in text:
+        r.add(where, "must not contain a NUL byte")
+        return False
+    return True
 
 
 def int_in(r: Report, where: str, value: object, *, low: int, high: int) -> int | None:
@@ -302,8 +319,9 @@ def fraction(r: Report, where: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         r.expected(where, "a number from 0 to 1", value)
         return None
-    if not 0 <= value <= 1:
-        r.add(where, f"must be from 0 to 1, got {value}")
+    if not 0 <= value <= 1:  # also false for NaN; checked before float(), which overflows
+        r.add(where, f"must be from 0 to 1, got {show_json(value).split()[-1]}")
+        return None
     return float(value)
 
 

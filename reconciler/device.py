@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import errors, settings, state, text
+from reconciler import errors, safe_yaml, settings, state, text
 
 if TYPE_CHECKING:
     from reconciler.adapters.docker_engine import DockerEngine
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from reconciler.metrics import Metrics
 
 GIT_CACHE = "mirror.git"  # the bare cache repo inside state_dir
-MAX_LABEL_FILE_BYTES = 64 * 1024
+# The limit of every YAML file: safe_yaml refuses a bigger one by name, never truncated.
+MAX_LABEL_FILE_BYTES = safe_yaml.MAX_BYTES
 
 
 def load_settings(config_path: str) -> settings.DeviceSettings:

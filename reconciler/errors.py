@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from reconciler import text
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -23,8 +25,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        # One line, escaped and bounded: file names, keys and values come from untrusted input.
         where = f"{self.file}: {self.field}" if self.field else self.file
-        return f"{where}: {self.message}"
+        return text.one_line(f"{where}: {self.message}")
 
 
 class ReconcilerError(Exception):

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import math
 import re
+from decimal import Decimal
 from typing import Any
 
 from reconciler import _checks, model
@@ -41,11 +42,22 @@ _MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _MIN_MEMORY = 6 * 1024**2
 _MIN_CPUS = 0.01
+# The engine takes memory in bytes and CPUs in nano-CPUs, both as signed 64-bit integers.
+_MAX_MEMORY = 2**63 - 1
+_MAX_CPUS = (2**63 - 1) // 10**9
+# distribution/reference: a repository name of at most 255 characters, a tag of at most 128,
+# plus "@sha256:" and 64 hex digits; longer text is refused before the regex sees it.
+_MAX_IMAGE = 255 + 1 + 128 + 71
+# Linux limits: one argv or environment string (MAX_ARG_STRLEN, with its NUL), one path.
+_MAX_ARG_BYTES = 128 * 1024 - 1
+_MAX_PATH_BYTES = 4095
 _BASE60 = "; quote it: YAML reads unquoted digits:digits as one base-60 number"
 
 
 def _image(r: _checks.Report, where: str, value: object) -> str:
-    if not isinstance(value, str) or not _IMAGE.fullmatch(value):
+    if isinstance(value, str) and len(value) > _MAX_IMAGE:
+        r.add(where, f"image reference of {len(value)} characters, over the limit of {_MAX_IMAGE}")
+    elif not isinstance(value, str) or not _IMAGE.fullmatch(value):
         shape = '"[registry/]repository[:tag][@sha256:<64 hex>]" (repository in lower case)'
         r.expected(where, f"an image reference {shape}", value)
     return str(value)
@@ -62,6 +74,8 @@ def _argv(r: _checks.Report, where: str, value: object) -> tuple[str, ...]:
     for at, item in items:
         if not isinstance(item, str):
             r.expected(at, "a string", item, hint="; quote it" if item is not None else "")
+        elif _checks.no_nul(r, at, item):
+            _check_arg_length(r, at, item)
     return tuple(str(item) for _, item in items)
 
 
@@ -71,7 +85,9 @@ def _env(r: _checks.Report, where: str, value: object) -> tuple[tuple[str, str],
         if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
             r.expected(at, "a variable name [A-Za-z_][A-Za-z0-9_]*", key)
         elif isinstance(val, str | int | float):  # bool is an int: YAML true becomes "true"
-            env.append((key, str(val).lower() if isinstance(val, bool) else str(val)))
+            shown = str(val).lower() if isinstance(val, bool) else str(val)
+            if _checks.no_nul(r, at, shown) and _check_arg_length(r, at, f"{key}={shown}"):
+                env.append((key, shown))
         else:
             r.expected(at, "a string, number or boolean", val)
     return tuple(sorted(env))
@@ -104,6 +120,8 @@ def _volume(r: _checks.Report, where: str, value: object) -> model.VolumeMount |
         return None
     source, target, *mode = parts
     before = len(r.problems)
+    if not _checks.no_nul(r, where, value):
+        return None
     if source.startswith("/"):
         _check_path(r, where, source, what="host path")
     elif not _VOLUME_NAME.fullmatch(source):
@@ -121,9 +139,11 @@ def _volume(r: _checks.Report, where: str, value: object) -> model.VolumeMount |
 
 def _volumes(r: _checks.Report, where: str, value: object) -> tuple[model.VolumeMount, ...]:
     mounts = _checks.each(_volume)(r, where, value)
+    seen: set[str] = set()  # linear: a manifest may list tens of thousands of mounts
     for i, mount in enumerate(mounts):
-        if any(other.target == mount.target for other in mounts[:i]):
+        if mount.target in seen:
             r.add(f"{where}[{i}]", f'duplicate mount target "{mount.target}"')
+        seen.add(mount.target)
     return mounts
 
 
@@ -138,6 +158,8 @@ def _device(r: _checks.Report, where: str, value: object) -> model.DeviceMapping
     container = parts[1] if len(parts) > 1 else host
     permissions = parts[2] if len(parts) > 2 else "rwm"
     before = len(r.problems)
+    if not _checks.no_nul(r, where, value):
+        return None
     if not host.startswith("/dev/"):
         r.add(where, f'host device "{host}" is not under /dev/')
     _check_path(r, where, container, what="container path")
@@ -152,13 +174,21 @@ def _device(r: _checks.Report, where: str, value: object) -> model.DeviceMapping
 def _memory(r: _checks.Report, where: str, value: object) -> int | None:
     if type(value) is int:
         amount = value
-    elif isinstance(value, str) and (match := _MEMORY.fullmatch(value.strip())):
-        amount = int(float(match[1]) * _MEMORY_UNITS[match[2].lower()])
+    elif (
+        isinstance(value, str) and len(value) <= 64 and (match := _MEMORY.fullmatch(value.strip()))
+    ):
+        # Decimal, not float: exact for any length of digits, and it never overflows.
+        amount = int(Decimal(match[1]) * _MEMORY_UNITS[match[2].lower()])
     else:
         r.expected(where, "bytes or a size like 512k, 128m, 1g", value)
         return None
     if amount < _MIN_MEMORY:
         r.add(where, f"{amount} bytes is below Docker's minimum of 6m ({_MIN_MEMORY} bytes)")
+        return None
+    if amount > _MAX_MEMORY:
+        shown = _checks.show_json(value)
+        r.add(where, f"{shown} is over the engine's limit of {_MAX_MEMORY} bytes")
+        return None
     return amount
 
 
@@ -166,8 +196,14 @@ def _cpus(r: _checks.Report, where: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         r.expected(where, "a number of CPUs like 0.5", value)
         return None
+    # Compared before float(), which overflows; the engine takes nano-CPUs as a 64-bit integer.
+    shown = _checks.show_json(value).split()[-1]
     if value < _MIN_CPUS:
-        r.add(where, f"{value} is below the minimum of {_MIN_CPUS}")
+        r.add(where, f"{shown} is below the minimum of {_MIN_CPUS}")
+        return None
+    if value > _MAX_CPUS:
+        r.add(where, f"{shown} is over the engine's maximum of {_MAX_CPUS}")
+        return None
     return float(value)
 
 
@@ -225,6 +261,8 @@ def _health_timing(r: _checks.Report, where: str, body: dict[object, object]) ->
 def _string(r: _checks.Report, where: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         r.expected(where, "a non-empty string", value, hint="; quote it" * (type(value) is int))
+    else:
+        _checks.no_nul(r, where, value)
     return str(value)
 
 
@@ -234,8 +272,18 @@ def _path(r: _checks.Report, where: str, value: object) -> str:
     return text
 
 
+def _check_arg_length(r: _checks.Report, where: str, text: str) -> bool:
+    """True when the kernel takes `text` as one argument or environment entry."""
+    if (size := len(text.encode("utf-8", "surrogatepass"))) > _MAX_ARG_BYTES:
+        r.add(where, f"is {size} bytes, over the kernel's limit of {_MAX_ARG_BYTES} per argument")
+        return False
+    return True
+
+
 def _check_path(r: _checks.Report, where: str, path: str, *, what: str) -> None:
-    if not path.startswith("/"):
+    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        r.add(where, f"{what} is longer than the kernel's limit of {_MAX_PATH_BYTES} bytes")
+    elif not path.startswith("/"):
         r.add(where, f'{what} "{path}" is not absolute')
     elif ".." in path.split("/"):
         r.add(where, f'{what} "{path}" contains ".."')

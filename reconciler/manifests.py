@@ -9,7 +9,8 @@ how values are shown) are `_checks`'.
 Decisions beyond SPEC 2.1, each turning a fleet-wide failure at apply time into a clear error here:
 - `metadata` holds only `name`: the model has no place for labels/annotations, and adding fields
   later is compatible while removing them is not.
-- `selector: null` is rejected (omit it, or write `{}`): a forgotten body must not select the fleet.
+- `spec.selector` is required (SPEC 2.1) and `selector: null` is rejected: a forgotten line or
+  body must not roll an app out to the whole fleet; `{}` selects every device on purpose.
 - `rollout.waves`: the last wave must reach 100 percent, else the rollout never completes (to hold
   one, give the last wave a later `after`); percents never decrease, `after`s strictly increase.
 - An unquoted port mapping like `22:22` is a YAML base-60 integer: rejected with a hint to quote.
@@ -95,10 +96,10 @@ def _app(r: _checks.Report, doc: object, *, path: str, revision: str) -> model.A
     spec_fields = ("selector", "containers", "rollout")
     if "spec" not in top:
         return None
-    spec = r.fields("spec", top["spec"], allowed=spec_fields, required=("containers",))
+    spec = r.fields("spec", top["spec"], allowed=spec_fields, required=("selector", "containers"))
     if spec is None:
         return None
-    selector = _selector(r, "spec.selector", spec.get("selector", {}))
+    selector = _selector(r, "spec.selector", spec["selector"]) if "selector" in spec else None
     waves = _rollout(r, "spec.rollout", spec["rollout"]) if "rollout" in spec else ()
     containers = _containers(r, "spec.containers", spec.get("containers", []))
     if r.problems or selector is None:
@@ -115,13 +116,14 @@ def _app(r: _checks.Report, doc: object, *, path: str, revision: str) -> model.A
 
 def _selector(r: _checks.Report, where: str, value: object) -> model.Selector | None:
     if value is None:
-        r.add(where, "expected a mapping, got null; omit it or write {} to select every device")
+        r.add(where, "expected a mapping, got null; write {} to select every device")
         return None
     body = r.fields(where, value, allowed=("matchLabels", "matchExpressions"))
     if body is None:
         return None
-    pairs = _checks.label_pairs(r, f"{where}.matchLabels", body.get("matchLabels", {}))
-    exprs = r.entries(f"{where}.matchExpressions", body.get("matchExpressions", []))
+    # null reads as empty, as Kubernetes reads it (`matchLabels:` written with no entries).
+    pairs = _checks.label_pairs(r, f"{where}.matchLabels", body.get("matchLabels") or {})
+    exprs = r.entries(f"{where}.matchExpressions", body.get("matchExpressions") or [])
     requirements = [req for at, item in exprs if (req := _requirement(r, at, item))]
     return model.Selector(match_labels=pairs, match_expressions=tuple(requirements))
 
@@ -139,8 +141,9 @@ def _requirement(r: _checks.Report, where: str, value: object) -> model.Requirem
         r.expected(f"{where}.operator", f"one of {', '.join(_OPERATORS)}", operator)
     if operator in ("In", "NotIn") and not values:
         r.add(f"{where}.values", f"operator {operator} needs a non-empty list of values")
-    elif operator in ("Exists", "DoesNotExist") and "values" in body:
-        r.add(f"{where}.values", f"operator {operator} takes no values; remove the field")
+    elif operator in ("Exists", "DoesNotExist") and values not in (None, []):
+        # Kubernetes accepts an empty list (or none) here: there is nothing to compare.
+        r.add(f"{where}.values", f"operator {operator} takes no values; remove them")
     elif values is not None:
         for at, item in r.entries(f"{where}.values", values):
             if problem := labels.label_value_error(item):
@@ -185,7 +188,7 @@ def _rollout(r: _checks.Report, where: str, value: object) -> tuple[model.Wave, 
 def _containers(r: _checks.Report, where: str, value: object) -> tuple[model.ContainerSpec, ...]:
     specs: list[model.ContainerSpec] = []
     names: dict[str, str] = {}
-    published: list[tuple[str, model.PortMapping]] = []
+    published: list[tuple[str, int, model.PortMapping]] = []  # (container path, index, port)
     for at, item in r.entries(where, value, empty="expected at least one container"):
         if isinstance(item, dict) and isinstance(name := item.get("name"), str):
             if name in names:
@@ -193,14 +196,42 @@ def _containers(r: _checks.Report, where: str, value: object) -> tuple[model.Con
             names.setdefault(name, at)
         if spec := _container(r, at, item):
             specs.append(spec)
-            published.extend((f"{at}.ports[{i}]", port) for i, port in enumerate(spec.ports))
-    for i, (at, port) in enumerate(published):
-        for other_at, other in published[:i]:
-            same_ip = port.host_ip == other.host_ip or {port.host_ip, other.host_ip} & _WILDCARD_IPS
-            if (port.host_port, port.protocol) == (other.host_port, other.protocol) and same_ip:
-                r.add(at, f"duplicate host port {port.host_port}/{port.protocol} (also {other_at})")
-                break
+            published.extend((at, i, port) for i, port in enumerate(spec.ports))
+    for i, j in _port_clashes([port for _, _, port in published]):
+        (at, index, port), (other_at, other_index, _) = published[i], published[j]
+        r.add(
+            f"{at}.ports[{index}]",
+            f"duplicate host port {port.host_port}/{port.protocol} "
+            f"(also {other_at}.ports[{other_index}])",
+        )
     return tuple(specs)
+
+
+def _port_clashes(ports: list[model.PortMapping]) -> list[tuple[int, int]]:
+    """(index, index of the first earlier clash) for each port bound twice.
+
+    Two mappings clash on the same host port and protocol when their host IPs are equal or either
+    is a wildcard. Linear in the number of ports: a manifest may publish all 65,535 of them.
+    """
+    first: dict[tuple[int, str], int] = {}  # earliest mapping of a port/protocol
+    wildcard: dict[tuple[int, str], int] = {}  # earliest wildcard one
+    by_ip: dict[tuple[int, str, str], int] = {}  # earliest one per host IP
+    clashes = []
+    for i, port in enumerate(ports):
+        slot = (port.host_port, port.protocol)
+        if port.host_ip in _WILDCARD_IPS:
+            earlier = first.get(slot)
+            wildcard.setdefault(slot, i)
+        else:
+            same_ip, any_ip = by_ip.get((*slot, port.host_ip)), wildcard.get(slot)
+            earlier = (
+                any_ip if same_ip is None else same_ip if any_ip is None else min(same_ip, any_ip)
+            )
+            by_ip.setdefault((*slot, port.host_ip), i)
+        first.setdefault(slot, i)
+        if earlier is not None:
+            clashes.append((i, earlier))
+    return clashes
 
 
 def _container(r: _checks.Report, where: str, value: object) -> model.ContainerSpec | None:

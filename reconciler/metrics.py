@@ -11,7 +11,6 @@ reconciling), or put a credential from a remote URL into a label.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from reconciler import logs
-from reconciler.urls import redact
+from reconciler.urls import redact, scrub
 
 CYCLE_RESULTS = ("converged", "unchanged", "failed", "rolled_back")
 VERIFICATION_REASONS = (
@@ -302,4 +301,4 @@ def _gateway_handler(gateway: str) -> tuple[str, Callable[..., Callable[[], None
 
 def _scrub(text: str) -> str:
     """Free text (an error message) with any `scheme://user:pw@` credentials hidden."""
-    return re.sub(r"://\S*@", "://***@", text)
+    return scrub(text)

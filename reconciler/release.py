@@ -398,7 +398,10 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _format_time(moment: datetime) -> str:
-    return _utc(moment).strftime(_TIME_FORMAT)
+    # Not strftime("%Y"): it writes year 999 as "999", which `_TIME` (four digits) refuses;
+    # isoformat always writes four.
+    naive = _utc(moment).replace(tzinfo=None)
+    return naive.isoformat(timespec="seconds") + "Z"
 
 
 def _q(text: str) -> str:

@@ -391,7 +391,12 @@ def _apps_of_release(
 def parse_label_list(text: str) -> dict[str, str]:
     """`k=v,k2=v2` as given to `plan --labels`; raises ValueError naming the bad item."""
     result: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    if not text.strip():
+        return result
+    # As Kubernetes' selector syntax: an empty item ("a=b,", ",") is an error, not "no labels".
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise ValueError(f'--labels: empty item in "{_safe(text)}"; expected key=value,...')
         key, sep, value = (part.strip() for part in item.partition("="))
         if not sep or not key:
             raise ValueError(f'--labels: expected key=value, got "{_safe(item)}"')

@@ -17,22 +17,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from reconciler import _checks, errors, labels, model, safe_yaml, urls
+from reconciler import _checks, errors, labels, model, safe_yaml, text, urls
 
 DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
+_MAX_COMMAND_TEXT = 4096  # a health command written as one string
 
-_GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
 _DOCKER_SCHEMES = ("http", "https", "npipe", "ssh", "tcp", "unix")
 _MAX_NETWORK_TIMEOUT = 3600.0  # source.timeout, runtime.pull_stall_timeout
 # host may be empty (every address) or a bracketed IPv6 address.
 _LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>[0-9]{1,5})")
-# git check-ref-format, simplified: what a branch name may not contain.
-_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock$")
 
 
 @dataclass(frozen=True)
@@ -272,31 +269,15 @@ def _labels(r: _checks.Report, where: str, value: Any) -> tuple[tuple[str, str],
 
 
 def _git_url_error(url: str) -> str | None:
-    shown = urls.redact(url)  # the message goes to logs and systemd: never a credential
-    if url.startswith("-"):
-        return f'"{shown}" starts with "-", which git would read as an option'
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        return f"{shown!r} contains control characters"
-    if "://" not in url:
-        # [user@]host:path or a local path (git tells them apart by the colon); no ext::/fd::
-        problem = urls.url_problem(url)
-        return f'"{shown}": {problem}' if problem else None
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        parts = None
-    scheme = parts.scheme.lower() if parts else ""
-    if scheme in _GIT_SCHEMES and parts and (parts.hostname or scheme == "file"):
-        return None
-    return (
-        "expected an https, http, ssh, git or file URL, [user@]host:path or a local path, "
-        f'got "{shown}"'
-    )
+    """urls.url_problem, the Git adapter's own rule, with the URL shown redacted: the message
+    goes to logs and systemd, never a credential."""
+    problem = urls.url_problem(url)
+    return f'"{_shown(urls.redact(url))}" {problem}' if problem else None
 
 
-def _branch_error(name: str) -> str | None:
-    return f'"{name}" is not a valid git branch name' if _BAD_REF.search(name) else None
+def _shown(value: str) -> str:
+    """A found value as a message quotes it: one line, escaped, bounded."""
+    return text.one_line(value, 200)
 
 
 def _network_timeout(r: _checks.Report, where: str, value: object) -> float | None:
@@ -316,7 +297,8 @@ def _docker_host_error(host: str) -> str | None:
     scheme = host.partition("://")[0] if "://" in host else None
     if scheme is None or scheme in _DOCKER_SCHEMES:
         return None  # without a scheme docker reads "host:port" as tcp
-    return f'expected unix://PATH, tcp://HOST:PORT or ssh://[USER@]HOST, got "{host}"'
+    shown = _shown(urls.redact(host))  # `ftp://admin:TOKEN@host` must not reach a log
+    return f'expected unix://PATH, tcp://HOST:PORT or ssh://[USER@]HOST, got "{shown}"'
 
 
 def _listen_error(text: str) -> str | None:
@@ -350,6 +332,9 @@ def _abs_path(r: _checks.Report, where: str, value: Any) -> str | None:
 def _command(r: _checks.Report, where: str, value: Any) -> tuple[str, ...] | None:
     """An argv from a string (split like a shell, never run by one) or a list of strings."""
     if isinstance(value, str):
+        if len(value) > _MAX_COMMAND_TEXT:  # shlex takes seconds over a long string
+            r.add(where, f"longer than {_MAX_COMMAND_TEXT} characters; write it as a list")
+            return None
         try:
             argv = shlex.split(value)
         except ValueError as exc:
@@ -383,7 +368,7 @@ _SCHEMA: dict[str, dict[str, _checks.Check]] = {
     "source": {
         "url": _checks.rule(_checks.nonblank, _git_url_error),
         "mirrors": _checks.list_of(_checks.rule(_checks.nonblank, _git_url_error)),
-        "branch": _checks.rule(_checks.nonblank, _branch_error),
+        "branch": _checks.rule(_checks.nonblank, urls.branch_problem),
         "poll_interval": _checks.positive_duration,
         "jitter": _checks.fraction,
         "timeout": _network_timeout,

@@ -1,17 +1,28 @@
-"""Fleet repo URLs: which ones the device accepts and how they appear in logs.
+"""Where the fleet repo is: which URLs and branch names the device accepts, and how a URL or any
+free text that may hold one appears in logs.
 
-Light on purpose (no GitPython): the config loader, the Git adapter and the metrics all use it,
-so a URL is judged the same way everywhere and a credential in it never reaches a log line,
-an error message or a metric label.
+The one rule for each: the config loader (`settings`), the Git adapter and the metrics all call
+these, so a URL or branch is judged the same way at validation and at use (a value validated
+here never fails later in the adapter), and a credential never reaches a log line, an error
+message or a metric label. Light on purpose (no GitPython). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
-__all__ = ["redact", "url_problem"]
+from reconciler import text
+
+__all__ = ["branch_problem", "redact", "scrub", "url_problem"]
 
 _ALLOWED_SCHEMES = frozenset({"https", "http", "ssh", "git", "file", "git+ssh", "ssh+git"})
+_SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
+# `scheme://` then everything up to the LAST "@" of the word: an unencoded "@" or "/" in a
+# password must not leak the rest of it (this hides a path with an "@" too, which is harmless).
+_CREDENTIALS_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>]*@")
+_MAX_URL = 4096  # longer than any real remote; keeps messages and git's argv bounded
+_MAX_BRANCH = 255  # a branch is also a file name under refs/ in the cache repo
 
 
 def redact(url: str) -> str:
@@ -27,25 +38,63 @@ def redact(url: str) -> str:
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:
         return url
-    if scheme.lower() in {"ssh", "git+ssh", "ssh+git"} and not re.search(r"[:/]", userinfo):
+    if scheme.lower() in _SSH_SCHEMES and not re.search(r"[:/]", userinfo):
         return url
     return f"{scheme}://***@{hostpart}"
 
 
+def scrub(free_text: str) -> str:
+    """Free text (an error message, a git or HTTP library's output) with every `scheme://...@`
+    credential hidden; use `redact` for a text that is one URL."""
+    return _CREDENTIALS_IN_TEXT.sub(r"\1***@", free_text)
+
+
 def url_problem(url: str) -> str | None:
-    """Why `url` is not an acceptable source URL, or None. For config validation too."""
+    """Why `url` is not an acceptable fleet repo URL, or None.
+
+    Accepted: https, http, ssh, git and file URLs (with a host, except file), git's scp-like
+    `[user@]host:path`, and local paths. Never an option-like `-x`, a control character or a
+    remote helper (`ext::`, `fd::`), which would let a config run commands through git.
+    """
     if not url:
         return "must not be empty"
+    if len(url) > _MAX_URL:
+        return f"is {len(url)} characters long, over the limit of {_MAX_URL}"
     if url.startswith("-"):
-        return 'must not start with "-"'
+        return 'must not start with "-", which git would read as an option'
     if any(ord(c) < 32 or c == "\x7f" for c in url):
         return "must not contain control characters"
     scheme, sep, _ = url.partition("://")
     if sep:
         if scheme.lower() not in _ALLOWED_SCHEMES:
-            return f'unsupported scheme "{scheme}" (use https, ssh, git, file or a local path)'
+            return (
+                f'unsupported scheme "{text.one_line(scheme, 40)}" '
+                "(use https, http, ssh, git, file, [user@]host:path or a local path)"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            return "has a malformed host or port"
+        if not parts.hostname and scheme.lower() != "file":
+            return "has no host name"
         return None
     transport, sep, _ = url.partition("::")
     if sep and "/" not in transport:
-        return f'remote helpers ("{transport}::") are not allowed'
+        return f'remote helpers ("{text.one_line(transport, 40)}::") are not allowed'
     return None
+
+
+def branch_problem(branch: str) -> str | None:
+    """Why `branch` is not a valid branch name (git check-ref-format rules), or None."""
+    bad = (
+        not branch
+        or len(branch) > _MAX_BRANCH
+        or branch.startswith(("-", "/", "."))
+        or branch.endswith(("/", ".", ".lock"))
+        or branch == "@"
+        or any(s in branch for s in ("..", "//", "@{", "/."))
+        or any(ord(c) < 33 or c in "\x7f~^:?*[\\" for c in branch)
+        or any(part.endswith(".lock") for part in branch.split("/"))
+    )
+    return f'"{text.one_line(branch, 100)}" is not a valid branch name' if bad else None

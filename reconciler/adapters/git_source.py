@@ -29,12 +29,11 @@ import git
 
 from reconciler import errors
 from reconciler import text as text_mod
-from reconciler.urls import redact, url_problem
+from reconciler.urls import branch_problem, redact, scrub, url_problem
 
 DEFAULT_TIMEOUT = 60.0
 
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
-_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/'\"]*@")
 _KINDS = {0o04: "directory", 0o10: "regular file", 0o12: "symbolic link", 0o16: "submodule"}
 
 # Applied to every git call through the environment (git >= 2.31 reads GIT_CONFIG_COUNT), so a
@@ -88,20 +87,6 @@ class FileRejected(errors.ProblemsError, errors.RevisionRejected):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__([errors.Problem(file=path, field="", message=reason)])
         self.path = path
-
-
-def branch_problem(branch: str) -> str | None:
-    """Why `branch` is not a valid branch name (git check-ref-format rules), or None."""
-    bad = (
-        not branch
-        or branch.startswith(("-", "/", "."))
-        or branch.endswith(("/", ".", ".lock"))
-        or branch == "@"
-        or any(s in branch for s in ("..", "//", "@{", "/."))
-        or any(ord(c) < 33 or c in "\x7f~^:?*[\\" for c in branch)
-        or any(part.endswith(".lock") for part in branch.split("/"))
-    )
-    return f'"{branch}" is not a valid branch name' if bad else None
 
 
 @dataclass(frozen=True)
@@ -387,7 +372,7 @@ def _is_bare_repo(cache_dir: Path) -> bool:
 
 
 def _scrub_text(text: str) -> str:
-    return _URL_CREDENTIALS.sub(r"\1***@", text)
+    return scrub(text)
 
 
 def _parse_ls_remote(out: str, ref: str) -> str | None:

@@ -34,7 +34,7 @@ def manifest(
     name: str,
     *,
     image: str = "127.0.0.1:5000/app:1.0",
-    selector: str = "",
+    selector: str = "{}",
     waves: str = "",
     extra_container: str = "",
 ) -> str:
@@ -45,7 +45,7 @@ def manifest(
         f"metadata: {{name: {name}}}",
         "spec:",
     ]
-    if selector:
+    if selector:  # "" leaves it out: a manifest every device must refuse (SPEC 2.1)
         lines.append(f"  selector: {selector}")
     lines += ["  containers:", f'    - {{name: main, image: "{image}"}}']
     if extra_container:

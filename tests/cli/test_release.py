@@ -197,7 +197,7 @@ def test_release_outside_git_is_refused(tmp_path, run_cli):
     (tmp_path / "apps/gw").mkdir(parents=True)
     (tmp_path / "apps/gw/app.yaml").write_text(
         "apiVersion: reconciler/v1\nkind: App\nmetadata: {name: gw}\n"
-        "spec: {containers: [{name: main, image: busybox}]}\n"
+        "spec: {selector: {}, containers: [{name: main, image: busybox}]}\n"
     )
     result = run_cli("release", str(tmp_path), "--no-sign")
     assert result.code == 2

@@ -17,7 +17,7 @@ BROKEN = {
     "apps/port/app.yaml": "apps/port/app.yaml: spec.containers[1].ports[0]: expected",
     "apps/dup/app.yaml": "apps/dup/app.yaml: spec.containers[1].name: duplicate container name",
     "apps/op/app.yaml": "apps/op/app.yaml: spec.selector.matchExpressions[0].operator: expected",
-    "apps/laughs/app.yaml": "apps/laughs/app.yaml: aliases expand to more than",
+    "apps/laughs/app.yaml": "apps/laughs/app.yaml: the document expands to more than",
     "apps/latin1/app.yaml": "apps/latin1/app.yaml: not valid UTF-8",
     "apps/link/app.yaml": "apps/link/app.yaml: is a symlink",
 }

@@ -48,9 +48,9 @@ def app_manifest(
     *,
     selector: dict[str, object] | None = None,
 ) -> str:
-    spec: dict[str, object] = {"containers": containers}
-    if selector is not None:
-        spec["selector"] = selector
+    # `spec.selector` is required (SPEC 2.1); by default the app selects every device.
+    spec: dict[str, object] = {"selector": {} if selector is None else selector}
+    spec["containers"] = containers
     doc = {"apiVersion": "reconciler/v1", "kind": "App", "metadata": {"name": name}, "spec": spec}
     return yaml.safe_dump(doc, sort_keys=False)
 

@@ -164,7 +164,7 @@ def test_numbers_are_checked_against_their_ranges() -> None:
     assert _checks.int_in(r, "b", True, low=0, high=10) is None
     assert _checks.int_in(r, "c", 11, low=1, high=10) is None
     assert _checks.fraction(r, "d", 1) == 1.0
-    assert _checks.fraction(r, "e", 2) == 2.0
+    assert _checks.fraction(r, "e", 2) is None
     assert _checks.fraction(r, "f", "x") is None
     assert said(r) == [
         ("b", "expected an integer 0..10, got true"),
@@ -172,6 +172,13 @@ def test_numbers_are_checked_against_their_ranges() -> None:
         ("e", "must be from 0 to 1, got 2"),
         ("f", 'expected a number from 0 to 1, got "x"'),
     ]
+
+
+def test_a_huge_fraction_is_refused_without_overflowing() -> None:
+    r = report()
+    assert _checks.fraction(r, "g", 10**99) is None  # compared, never float(): it overflows
+    assert _checks.fraction(r, "h", float("nan")) is None
+    assert [field for field, _ in said(r)] == ["g", "h"]
 
 
 def test_durations_must_have_a_unit_and_positive_ones_be_above_zero() -> None:
@@ -201,3 +208,12 @@ def test_label_pairs_are_sorted_and_a_bad_pair_is_left_out_with_one_problem() ->
     assert pairs == (("ring", "a"), ("site", "b"))
     assert [field for field, _ in said(r)] == ['labels["bad key"]']
     assert said(r)[0][1].startswith('label key "bad key" is invalid')
+
+
+def test_a_duration_no_sleep_can_take_is_refused_with_a_bounded_message() -> None:
+    r = report()
+    assert _checks.duration(r, "a", "999999999999d") is None
+    assert _checks.duration(r, "b", "9" * 400 + "s") is None  # would be inf as a float
+    assert _checks.duration(r, "c", "36500d") == 36500 * 86400.0  # 100 years: still sleepable
+    assert [field for field, _ in said(r)] == ["a", "b"]
+    assert all(len(message) < 200 for _, message in said(r))

@@ -22,7 +22,7 @@ def write(root: Path, name: str, *images: str) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(
         f"apiVersion: reconciler/v1\nkind: App\nmetadata: {{name: {name}}}\n"
-        f"spec:\n  containers:\n{containers}\n"
+        f"spec:\n  selector: {{}}\n  containers:\n{containers}\n"
     )
     git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "init", "-q"], check=True)

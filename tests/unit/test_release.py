@@ -356,3 +356,14 @@ def test_a_release_expires_at_its_expiry_time():
     r = make({GW: b"a"})
     assert not release.is_expired(r, r.expires - timedelta(seconds=1))
     assert release.is_expired(r, r.expires)
+
+
+def test_a_time_before_year_1000_round_trips():
+    """strftime writes year 999 as "999"; the file must hold four digits the parser accepts."""
+    from datetime import UTC, datetime
+
+    early = datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)
+    built = release.build({"apps/a/app.yaml": b"x"}, previous=None, now=early, source_commit="")
+    data = release.serialize(built)
+    assert b'"since": "0999-01-02T03:04:05Z"' in data
+    assert release.parse(data) == built

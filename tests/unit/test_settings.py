@@ -316,17 +316,17 @@ def test_source_url_accepts_every_form_git_does(url):
     assert load(f"source: {{url: '{url}', mirrors: ['{url}']}}\n" + UNSIGNED).source.url == url
 
 
-URL_FORMS = "expected an https, http, ssh, git or file URL, [user@]host:path or a local path"
+URL_FORMS = "(use https, http, ssh, git, file, [user@]host:path or a local path)"
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
         ("", "must not be empty"),
-        ("ftp://x/y", f'{URL_FORMS}, got "ftp://x/y"'),
-        ("https:///fleet.git", f'{URL_FORMS}, got "https:///fleet.git"'),
-        ("https://x:port/y", f'{URL_FORMS}, got "https://x:port/y"'),
-        ("-uhttps://x", '"-uhttps://x" starts with "-", which git would read as an option'),
+        ("ftp://x/y", f'"ftp://x/y" unsupported scheme "ftp" {URL_FORMS}'),
+        ("https:///fleet.git", '"https:///fleet.git" has no host name'),
+        ("https://x:port/y", '"https://x:port/y" has a malformed host or port'),
+        ("-uhttps://x", '"-uhttps://x" must not start with "-", which git would read as an option'),
     ],
 )
 def test_bad_source_urls_are_explained(url, message):
@@ -334,7 +334,9 @@ def test_bad_source_urls_are_explained(url, message):
     assert problems(text) == [f"source.mirrors[1]: {message}"]
 
 
-@pytest.mark.parametrize("branch", ["-x", "a..b", "a b", "release/", "x.lock", ""])
+@pytest.mark.parametrize(
+    "branch", ["-x", "a..b", "a b", "release/", "x.lock", "", "a.lock/b", "@", "a~1", "x@{1}"]
+)
 def test_invalid_branch_names_are_rejected(branch):
     assert problems(MINIMAL.replace("}", f", branch: '{branch}'}}", 1))[0].startswith(
         "source.branch: "
@@ -543,3 +545,57 @@ def test_network_deadlines_default_to_60s_and_120s_and_are_bounded():
         'source.timeout: must be greater than 0, got "0s"',
         'runtime.pull_stall_timeout: must be at most 1h, got "2h"',
     ]
+
+
+@pytest.mark.parametrize(
+    "branch", ["main", "release/1.4", "a.lock/b", "@", "a..b", "x.lock", "-x", "a b", "é/ü", "a@b"]
+)
+def test_config_and_the_git_adapter_judge_a_branch_alike(branch):
+    """One rule: what the config accepts the adapter accepts, and what it refuses it refuses."""
+    from reconciler.adapters import git_source
+
+    text = MINIMAL.replace("}", f", branch: '{branch}'}}", 1)
+    try:
+        config_refuses = load(text).source.branch != branch
+    except errors.SettingsError as exc:
+        config_refuses = any(p.field == "source.branch" for p in exc.problems)
+    assert config_refuses == (git_source.branch_problem(branch) is not None)
+
+
+def test_a_docker_host_with_credentials_is_never_echoed():
+    found = problems(MINIMAL + "runtime: {docker_host: 'ftp://admin:TOKEN@host'}\n")
+    assert found == [
+        "runtime.docker_host: expected unix://PATH, tcp://HOST:PORT or ssh://[USER@]HOST, "
+        'got "ftp://***@host"'
+    ]
+    from_env = problems(MINIMAL, env={"DOCKER_HOST": "ftp://admin:TOKEN@host"})
+    assert "TOKEN" not in "".join(from_env)
+
+
+def test_a_poll_interval_no_sleep_can_take_is_refused():
+    found = problems(MINIMAL.replace("}", ", poll_interval: 999999999999d}", 1))
+    assert found == [
+        'source.poll_interval: "999999999999d" is longer than the maximum of 100 years'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("runtime", "docker_host", "unix:///run/d\\0ocker.sock"),
+        ("", "state_dir", "/var/lib/re\\0conciler"),
+        ("health", "commands", '[[/bin/check, "a\\0b"]]'),
+        ("policy", "allowed_host_paths", '["/srv\\0"]'),
+    ],
+)
+def test_a_nul_byte_in_a_path_or_argument_is_refused(section, key, value):
+    quoted = value if value.startswith("[") else f'"{value}"'
+    written = f"{section}: {{{key}: {quoted}}}\n" if section else f"{key}: {quoted}\n"
+    found = problems(MINIMAL + written)
+    assert len(found) == 1
+    assert found[0].endswith("must not contain a NUL byte")
+
+
+def test_a_health_command_string_is_bounded_before_it_is_split():
+    found = problems(MINIMAL + f"health: {{commands: ['{'x' * 5000}']}}\n")
+    assert found == ["health.commands[0]: longer than 4096 characters; write it as a list"]
