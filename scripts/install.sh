@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(docker.io busybox-static docker-registry iptables git ca-certificates debootstrap systemd)
+apt_packages=(docker.io podman netavark aardvark-dns busybox-static docker-registry iptables git
+    ca-certificates debootstrap systemd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
