@@ -3,13 +3,15 @@
 # image/build-rootfs.sh bakes a device image from, and that `docker import` turns into a base
 # image where no registry can be reached (packaging/README.md).
 #
-#   packaging/base-rootfs.sh OUT.tar [--suite bookworm] [--mirror URL] [--apt-cache DIR]
+#   packaging/base-rootfs.sh OUT.tar [--suite bookworm] [--arch ARCH] [--mirror URL]
+#                            [--apt-cache DIR]
 #
 # What it holds: debootstrap's minbase variant (dpkg, apt, a shell; no init, no python), apt
 # sources for SUITE, SUITE-updates and SUITE-security, and their package lists (so a later
 # `apt-get install` from a warm --apt-cache needs no network). No resolv.conf, no hostname, an
-# empty machine-id: whoever uses it provides those. Needs root and debootstrap; only the host's
-# own architecture (a foreign one needs qemu-user-static and debootstrap --foreign: not done).
+# empty machine-id: whoever uses it provides those. Needs root and debootstrap. --arch defaults
+# to the host's; a foreign one (arm64 on an amd64 host) runs its programs through qemu-user-static
+# and a registered binfmt handler (binfmt-support; packaging/README.md, "arm64").
 set -euo pipefail
 PROG=base-rootfs.sh
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -21,10 +23,12 @@ enter_private_mounts "$@"
 out=""
 suite=bookworm
 mirror=http://deb.debian.org/debian
+arch=$(dpkg --print-architecture)
 APT_CACHE=""
 while [ $# -gt 0 ]; do
     case $1 in
     --suite) suite=$2; shift 2 ;;
+    --arch) arch=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
     --apt-cache) APT_CACHE=$(realpath -m "$2"); shift 2 ;;
     -h | --help) usage 0 ;;
@@ -34,7 +38,13 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$out" ] || usage
 require_tools debootstrap tar findmnt
-arch=$(dpkg --print-architecture)
+foreign=()
+if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+    # Its first stage unpacks, the second runs the target's maintainer scripts: through qemu.
+    [ -e "/proc/sys/fs/binfmt_misc/qemu-$(qemu_name "$arch")" ] ||
+        die "no binfmt handler for $arch programs (apt-get install qemu-user-static binfmt-support)"
+    foreign=(--foreign)
+fi
 
 out=$(realpath -m "$out")
 work=$(mktemp -d "${TMPDIR:-/tmp}/reconciler-base.XXXXXX")
@@ -51,8 +61,13 @@ if [ -n "$APT_CACHE" ]; then
     mkdir -p "$APT_CACHE"
     cache_args=(--cache-dir="$APT_CACHE")
 fi
-debootstrap --variant=minbase --arch="$arch" "${cache_args[@]}" "$suite" "$root" "$mirror" \
-    >"$work/debootstrap.log" 2>&1 || {
+{
+    debootstrap --variant=minbase --arch="$arch" ${foreign[@]+"${foreign[@]}"} \
+        "${cache_args[@]}" "$suite" "$root" "$mirror" &&
+        if [ ${#foreign[@]} -gt 0 ]; then
+            chroot "$root" /debootstrap/debootstrap --second-stage
+        fi
+} >"$work/debootstrap.log" 2>&1 || {
     tail -n 30 "$work/debootstrap.log" >&2
     die "debootstrap failed (log above)"
 }

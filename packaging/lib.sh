@@ -48,6 +48,18 @@ require_tools() {
     done
 }
 
+# qemu_name DEBIAN_ARCH: qemu-user-static's name for it (its binfmt handler is qemu-NAME).
+qemu_name() {
+    case $1 in
+    amd64) echo x86_64 ;;
+    arm64) echo aarch64 ;;
+    armhf | armel) echo arm ;;
+    i386) echo i386 ;;
+    ppc64el) echo ppc64le ;;
+    *) echo "$1" ;;
+    esac
+}
+
 # Re-execute this script in its own mount namespace, once (children inherit the namespace).
 enter_private_mounts() {
     if [ -z "${RECONCILER_PRIVATE_MOUNTS:-}" ]; then
@@ -131,14 +143,23 @@ run_in() {
         "${CHROOT_ENV[@]}" chroot "$root" "$@"
 }
 
-# apt_in ROOT ARGS...: apt-get in ROOT, quiet, without recommends, never prompting.
+# apt_in ROOT ARGS...: apt-get in ROOT, quiet, without recommends, never prompting. With a
+# shared APT_CACHE, one apt-get at a time (APT_CACHE_LOCK, flock): apt locks the archive
+# directory and fails at once when another chroot's apt holds it (two builds side by side).
+APT_CACHE_LOCK=.reconciler-build.lock
 apt_in() {
-    local root=$1
+    local root=$1 lock="" status=0
     shift
+    if [ -n "${APT_CACHE:-}" ]; then
+        exec {lock}>>"$APT_CACHE/$APT_CACHE_LOCK"
+        flock "$lock"
+    fi
     run_in "$root" apt-get -q -y \
         -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=0 -o APT::Sandbox::User=root \
         -o Acquire::Retries=3 -o Dpkg::Options::=--force-confdef \
-        -o Dpkg::Options::=--force-confold "$@"
+        -o Dpkg::Options::=--force-confold "$@" || status=$?
+    [ -z "$lock" ] || exec {lock}>&-
+    return "$status"
 }
 
 # The directory holding this file: the packaging/ folder of a checkout (used by the scripts).

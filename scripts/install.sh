@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# podman with netavark and aardvark-dns: the engine suites run on Podman too; lintian,
+# debhelper (its systemd snippets), man-db and binutils check the Debian package;
+# qemu-user-static and binfmt-support run arm64 build chroots on an amd64 machine.
 apt_packages=(docker.io podman netavark aardvark-dns busybox-static docker-registry iptables git
-    ca-certificates debootstrap systemd)
+    ca-certificates debootstrap systemd lintian debhelper man-db binutils qemu-user-static
+    binfmt-support)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -15,6 +19,15 @@ if ((${#missing[@]})); then
     echo "install: apt packages: ${missing[*]}" >&2
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# arm64 programs through qemu: the binfmt handler (best effort: an unprivileged container
+# cannot register it, and the arm64 packaging test then skips).
+if [ "$(dpkg --print-architecture)" != arm64 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    [ -e /proc/sys/fs/binfmt_misc/register ] ||
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    update-binfmts --enable qemu-aarch64 2>/dev/null ||
+        echo "install: no binfmt handler for arm64 (arm64 packaging tests will skip)" >&2
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -108,7 +108,7 @@ done
 
 log "checking the config with the reconciler"
 # Prints: allow_unsigned, trusted_root, labels_dir, labels. Exit 2 with every problem if bad.
-check=$(run_in "$root" /opt/reconciler/bin/python -c '
+check=$(run_in "$root" /usr/lib/reconciler/bin/python -c '
 import sys
 from reconciler import device, errors
 try:

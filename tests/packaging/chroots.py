@@ -31,6 +31,7 @@ CACHE_ROOT = Path(os.environ.get("RECONCILER_TEST_CACHE") or "/var/cache/reconci
 BASE_MAX_AGE = 30 * 86400  # then the suite's point releases have moved on: bootstrap anew
 TOOLS = ("debootstrap", "dpkg-deb", "unshare", "chroot", "findmnt", "tar")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+APT_CACHE_LOCK = ".reconciler-build.lock"  # as packaging/lib.sh names it
 
 # Run by `unshare --mount` as: sh -c ENTER sh ROOT [SRC DST KIND]... -- ARGV...
 # KIND is "dir" or "file" (a bind mount needs a target of the same kind).
@@ -77,9 +78,9 @@ def architecture() -> str:
     return result.stdout.strip()
 
 
-def apt_cache() -> Path:
+def apt_cache(arch: str | None = None) -> Path:
     """Downloaded .debs, shared by every chroot the tests and scripts make."""
-    path = CACHE_ROOT / "apt" / f"{SUITE}-{architecture()}"
+    path = CACHE_ROOT / "apt" / f"{SUITE}-{arch or architecture()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -102,18 +103,23 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def base_tarball(*, timeout: float = 900) -> Path:
-    """The cached base rootfs of SUITE for this architecture, made on first use (~35 s)."""
+def base_tarball(*, arch: str | None = None, timeout: float = 900) -> Path:
+    """The cached base rootfs of SUITE for this architecture (or `arch`), made on first use
+    (~35 s; a foreign architecture runs under qemu-user: ~15 min)."""
     script = PACKAGING / "base-rootfs.sh"
     key = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
     directory = CACHE_ROOT / "rootfs"
-    prefix = f"{SUITE}-{architecture()}-"
+    arch = arch or architecture()
+    prefix = f"{SUITE}-{arch}-"
     path = directory / f"{prefix}{key}.tar"
     with _locked(directory / ".lock"):
         if path.exists() and time.time() - path.stat().st_mtime < BASE_MAX_AGE:
             return path
         result = subprocess.run(
-            [str(script), str(path), "--suite", SUITE, "--apt-cache", str(apt_cache())],
+            [
+                *(str(script), str(path), "--suite", SUITE, "--arch", arch),
+                *("--apt-cache", str(apt_cache(arch))),
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -147,16 +153,17 @@ class Bind:
 @dataclass(frozen=True)
 class Chroot:
     root: Path
+    arch: str | None = None  # None: the host's
 
     @classmethod
-    def extract(cls, tarball: Path, root: Path) -> Chroot:
+    def extract(cls, tarball: Path, root: Path, *, arch: str | None = None) -> Chroot:
         root.mkdir(parents=True)
         subprocess.run(
             ["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)],
             check=True,
             timeout=300,
         )
-        return cls(root)
+        return cls(root, arch)
 
     def run(
         self,
@@ -203,7 +210,13 @@ class Chroot:
         )
 
     def apt_get(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """apt-get in the chroot with the shared apt archive and the host's DNS (cold cache)."""
+        """apt-get in the chroot with the shared apt archive and the host's DNS (cold cache),
+        one at a time with the packaging scripts' (lib.sh, APT_CACHE_LOCK): apt fails at once
+        when another apt holds the archive directory."""
+        with _locked(apt_cache(self.arch) / APT_CACHE_LOCK):
+            return self._apt_get(*args, timeout=timeout)
+
+    def _apt_get(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         return self.run(
             "apt-get",
             "-q",
@@ -214,7 +227,7 @@ class Chroot:
             "APT::Sandbox::User=root",
             *args,
             binds=(
-                Bind(apt_cache(), "/var/cache/apt/archives"),
+                Bind(apt_cache(self.arch), "/var/cache/apt/archives"),
                 Bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf"),
             ),
             timeout=timeout,

@@ -388,3 +388,30 @@ def test_booted_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(booted: Bo
     assert "Watchdog timeout" in journal(device)
     assert wait_until_active(device) == "active", journal(device)
     assert unit_property(device, "MainPID") != hung
+
+
+@pytest.mark.docker
+def test_booted_an_unconfigured_device_fails_once_and_says_what_to_fill_in(booted: Booted):
+    """The shipped template is invalid on purpose (exit 2): no restart every RestartSec, but a
+    failed unit with the config's problems and what to do in the journal. Last in this module:
+    it leaves the daemon stopped."""
+    device = booted.device
+    dropin = "/run/systemd/system/reconciler.service.d"
+    settings = "[Service]\\nRestartSec=1s\\n"  # a loop would show within seconds
+    device.exec_run(["sh", "-c", f"mkdir -p {dropin} && printf '{settings}' > {dropin}/u.conf"])
+    setup = device.exec_run(
+        ["cp", "/usr/share/reconciler/config.yaml", "/etc/reconciler/config.yaml"]
+    )
+    assert setup.exit_code == 0, setup.output.decode()
+    systemctl(device, "daemon-reload")
+    systemctl(device, "reset-failed", "reconciler.service")
+    systemctl(device, "restart", "reconciler.service")
+    assert wait_until_active(device) == "failed", journal(device)
+    restarts = unit_property(device, "NRestarts")
+    time.sleep(3)  # three RestartSec periods
+    assert systemctl(device, "is-active", "reconciler.service") == "failed", journal(device)
+    assert unit_property(device, "NRestarts") == restarts
+    assert unit_property(device, "ExecMainStatus") == "2"
+    said = journal(device)
+    assert "/etc/reconciler/config.yaml: source.url: missing required key" in said
+    assert "not restarting: fix the config problems above in /etc/reconciler/config.yaml" in said

@@ -64,7 +64,7 @@ def unit_root(tmp_path: Path) -> Path:
     for target in HOST_UNITS.glob("*.target"):
         shutil.copy(target, units)
     shutil.copy(UNIT, units / "reconciler.service")
-    for program in ("usr/bin/reconciler", "bin/kill"):
+    for program in ("usr/bin/reconciler", "bin/kill", "bin/sh"):
         path = tmp_path / program
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")
@@ -131,6 +131,25 @@ def test_it_restarts_forever_with_a_pause(service: dict[str, list[str]]):
     assert service["Restart"] == ["always"]
     assert seconds(service["RestartSec"][0]) >= 5
     assert unit["StartLimitIntervalSec"] == ["0"]  # never "start request repeated too quickly"
+
+
+def test_a_bad_config_stops_the_restarts_with_a_line_that_says_what_to_do(
+    service: dict[str, list[str]],
+):
+    """Exit 2 (SPEC 3.3: bad config) would fail the same way on every restart."""
+    assert service["RestartPreventExitStatus"] == ["2"]
+    (stop_post,) = service["ExecStopPost"]
+    script = stop_post.removeprefix("/bin/sh -c ").strip("'").replace("$$", "$")
+    for status, expected in (("2", "fix the config problems above in"), ("1", "")):
+        said = subprocess.run(
+            ["sh", "-c", script],
+            env={"EXIT_STATUS": status, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert expected in said.stdout
+        assert bool(said.stdout) == bool(expected)
 
 
 def test_only_the_state_directory_is_writable(service: dict[str, list[str]]):
