@@ -23,6 +23,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
@@ -68,6 +69,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "not_on_podman(reason): this test cannot hold on Podman, for the reason given (shown "
         "as a skip of its podman variant, never silent)",
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (--dist loadgroup), every packaging test runs on one worker: they
+    share the package and base images built once per session, and a build is minutes of CPU."""
+    packaging = Path(__file__).parent / "packaging"
+    for item in items:
+        if packaging in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("packaging"))
 
 
 @pytest.fixture(scope="session", params=_engines())

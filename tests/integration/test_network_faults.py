@@ -252,6 +252,15 @@ def test_a_git_server_that_fails_fails_the_cycle_then_recovers(
 # and is never restarted. Its containers stop with it and come back by their restart policy.
 
 
+# Their app runs on the private dockerd whichever engine the session's registry pushes with:
+# one run is enough. A restart of Podman's API service is not covered.
+_PRIVATE_DOCKERD = pytest.mark.not_on_podman(
+    "restarts a private dockerd (the app runs there, not on Podman)"
+)
+# Two private engines at once would both claim the private bridge's address: one worker runs them.
+_ONE_WORKER = pytest.mark.xdist_group("private-dockerd")
+
+
 @pytest.fixture(scope="module")
 def private_engine() -> Iterator[PrivateEngine]:
     try:
@@ -313,6 +322,8 @@ def logged(event: str) -> Callable[[list[str]], bool]:
     return lambda lines: any(r.get("event") == event for r in log_events("".join(lines[:])))
 
 
+@_PRIVATE_DOCKERD
+@_ONE_WORKER
 def test_dockerd_restarted_during_a_pull_fails_the_cycle_and_the_next_one_recovers(
     private_lab: DeviceLab,
     private_engine: PrivateEngine,
@@ -334,6 +345,8 @@ def test_dockerd_restarted_during_a_pull_fails_the_cycle_and_the_next_one_recove
     serving.recovers_to("nf v2")
 
 
+@_PRIVATE_DOCKERD
+@_ONE_WORKER
 def test_dockerd_restarted_as_the_replace_begins_fails_the_cycle_and_the_next_one_recovers(
     private_lab: DeviceLab,
     private_engine: PrivateEngine,
@@ -356,6 +369,8 @@ def test_dockerd_restarted_as_the_replace_begins_fails_the_cycle_and_the_next_on
     serving.recovers_to("nf v3")
 
 
+@_PRIVATE_DOCKERD
+@_ONE_WORKER
 def test_dockerd_restarted_during_the_health_wait_is_waited_out_and_the_change_applies(
     namespace: str,
     private_lab: DeviceLab,

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import pytest
 
+from tests.infra.engine import DOCKER
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
 from tests.integration.device_lab import DeviceLab, app_manifest
@@ -27,6 +28,14 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: packaging tests must run there, not skip)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine_kind() -> str:
+    """The packaging tests run on Docker only, once: they build and boot images (`docker
+    import`, systemd as PID 1) and install the package, none of which is the engine adapter
+    under test; the engine suites under tests/integration run on Docker and Podman."""
+    return DOCKER
 
 
 @pytest.fixture(scope="session")
