@@ -71,13 +71,27 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (--dist loadgroup), every packaging test runs on one worker: they
-    share the package and base images built once per session, and a build is minutes of CPU."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The packaging tests run on Docker only, once: they build and boot images (`docker
+    import`, systemd as PID 1) and install the package, none of which is the engine adapter;
+    the engine suites under tests/integration run on Docker and Podman. Under pytest-xdist
+    (--dist loadgroup) they all run on one worker: they share the package and base images
+    built once per session, and a build is minutes of CPU."""
     packaging = Path(__file__).parent / "packaging"
+    kept, podman_packaging = [], []
     for item in items:
-        if packaging in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("packaging"))
+        if packaging not in item.path.parents:
+            kept.append(item)
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("engine_kind") == PODMAN:
+            podman_packaging.append(item)
+            continue
+        item.add_marker(pytest.mark.xdist_group("packaging"))
+        kept.append(item)
+    if podman_packaging:
+        config.hook.pytest_deselected(items=podman_packaging)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", params=_engines())

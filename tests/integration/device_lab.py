@@ -8,6 +8,7 @@ installed console script, the way an operator does. Images come from the local r
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -62,7 +63,8 @@ def http_get(port: int, path: str = "/index.html", *, timeout: float = 10.0) -> 
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
                 return reply.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        # A body cut short (IncompleteRead, an HTTPException) is a container being replaced.
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.1)

@@ -17,7 +17,6 @@ from typing import NoReturn
 
 import pytest
 
-from tests.infra.engine import DOCKER
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
 from tests.integration.device_lab import DeviceLab, app_manifest
@@ -28,14 +27,6 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: packaging tests must run there, not skip)")
     pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def engine_kind() -> str:
-    """The packaging tests run on Docker only, once: they build and boot images (`docker
-    import`, systemd as PID 1) and install the package, none of which is the engine adapter
-    under test; the engine suites under tests/integration run on Docker and Podman."""
-    return DOCKER
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +76,9 @@ class DebBuild:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()  # its EXIT trap unmounts and removes its work tree
-            self.process.communicate(timeout=120)
+        # Also when it finished unread: communicate() closes its pipes (else they leak into
+        # whichever later test the garbage collector runs in, as ResourceWarnings).
+        self.process.communicate(timeout=120)
 
 
 def build_deb(base: Path, out: Path, *, arch: str | None = None) -> Path:
