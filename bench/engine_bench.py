@@ -15,6 +15,7 @@ Every number is the median of --runs runs (default 5). Usage (as root, engine st
 the way the tests do it):
 
     .venv/bin/python -m bench.engine_bench [--runs 5] [--cycles 1000] [--skip-100]
+        [--engine docker|podman]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 import docker
 
 from reconciler import device, lab_ca, logs, model
-from tests.infra.engine import acquire
+from tests.infra.engine import DOCKER, PODMAN, acquire
 from tests.infra.git_server import GitDaemon
 from tests.infra.images import ImageFactory, check_busybox
 from tests.infra.registry import LocalRegistry
@@ -63,10 +64,10 @@ def median_ms(values: list[float]) -> str:
 
 
 class Bench:
-    def __init__(self, runs: int, cycles: int) -> None:
+    def __init__(self, runs: int, cycles: int, engine: str = DOCKER) -> None:
         self.runs = runs
         self.cycles = cycles
-        self.lease = acquire()
+        self.lease = acquire(kind=engine)
         self.client = docker.DockerClient(base_url=self.lease.url, timeout=120)
         self.images = ImageFactory(self.client, busybox=check_busybox())
         self.registry = LocalRegistry(self.client)
@@ -429,11 +430,19 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated parts (default: all): cycle, rss, latency, downtime, rollback, "
         "rollback404",
     )
+    parser.add_argument(
+        "--engine",
+        choices=(DOCKER, PODMAN),
+        default=DOCKER,
+        help="docker (the test dockerd) or podman (Podman's Docker-compatible API service)",
+    )
     args = parser.parse_args(argv)
     logs.setup(level="error")  # the in-process cycles would warn about the unsigned lab release
-    bench = Bench(args.runs, args.cycles)
+    bench = Bench(args.runs, args.cycles, args.engine)
     print(f"# engine benchmark, {datetime.now(UTC):%Y-%m-%d}, {machine()}")
-    print(f"# engine {bench.client.version()['Version']}; median of {args.runs}+ runs")
+    print(
+        f"# engine {args.engine} {bench.client.version()['Version']}; median of {args.runs}+ runs"
+    )
     parts = set(args.only.split(","))
     try:
         for apps in ((1,) if args.skip_100 else (1, 100)) if "cycle" in parts else ():

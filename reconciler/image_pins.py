@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from reconciler import checkout, manifests
 from reconciler.errors import Problem, ProblemsError
@@ -59,16 +60,33 @@ def resolve(root: Path, *, resolver: Resolver | None = None) -> dict[str, dict[s
 def engine_resolver() -> Resolver:
     """Digests through the local engine (DOCKER_HOST or the default socket)."""
     import docker
+    import docker.errors
 
     client = docker.from_env(timeout=60)
 
     def digest(image: str) -> str:
-        found = str(client.images.get_registry_data(image).id)
+        try:
+            found = str(client.images.get_registry_data(image).id)
+        except docker.errors.NotFound:
+            # Podman 4 has no distribution endpoint (404): pull the tag instead and read the
+            # digest the engine recorded for this repository.
+            found = _pulled_digest(client, image)
         if not found.startswith("sha256:"):
             raise ValueError(f"the registry gave no sha256 digest (got {found!r})")
         return found
 
     return digest
+
+
+def _pulled_digest(client: Any, image: str) -> str:
+    repository = _repository(image)
+    tag = image[len(repository) + 1 :] or "latest"
+    pulled = client.images.pull(repository, tag=tag)
+    for repo_digest in pulled.attrs.get("RepoDigests") or []:
+        name, _, found = str(repo_digest).partition("@")
+        if name.removeprefix("localhost/") == repository:
+            return found
+    return ""
 
 
 def _repository(image: str) -> str:

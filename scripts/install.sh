@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# lintian, debhelper (its systemd snippets), man-db and binutils check the Debian package;
+# podman with netavark and aardvark-dns: the engine suites run on Podman too; lintian,
+# debhelper (its systemd snippets), man-db and binutils check the Debian package;
 # qemu-user-static and binfmt-support run arm64 build chroots on an amd64 machine.
-apt_packages=(docker.io busybox-static docker-registry iptables git ca-certificates debootstrap systemd
-    lintian debhelper man-db binutils qemu-user-static binfmt-support)
+apt_packages=(docker.io podman netavark aardvark-dns busybox-static docker-registry iptables git
+    ca-certificates debootstrap systemd lintian debhelper man-db binutils qemu-user-static
+    binfmt-support)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

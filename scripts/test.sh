@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# Integration tests mostly wait on containers and timers: several workers (pytest-xdist), each
+# test in its own namespace, ports and temp dirs; tests that share one resource form a group.
+exec .venv/bin/python -m pytest -n "${RECONCILER_TEST_WORKERS:-4}" --dist loadgroup "$@"

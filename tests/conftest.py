@@ -10,6 +10,11 @@ When an engine cannot be had here (not root, dockerd or busybox-static or docker
 missing) the tests skip, except under CI (env CI set), where they fail: CI never skips them.
 RECONCILER_TEST_RUN_DIR / RECONCILER_TEST_DATA_ROOT move the test engine's socket dir and data
 root (to exercise the start path beside a running engine, in another network namespace).
+
+Every test that uses the engine runs twice, on Docker and on Podman's Docker-compatible API
+(`engine_kind`; RECONCILER_TEST_ENGINES=docker or =podman picks one). A test that cannot hold on
+Podman carries `@pytest.mark.not_on_podman("reason")`: its Podman variant is reported as skipped
+with that reason. The README lists every such difference.
 """
 
 from __future__ import annotations
@@ -18,17 +23,27 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 from reconciler import model
-from tests.infra.engine import EngineLease, EngineStartError, EngineUnavailable, acquire
+from tests.infra.engine import (
+    DOCKER,
+    PODMAN,
+    EngineLease,
+    EngineStartError,
+    EngineUnavailable,
+    acquire,
+)
 from tests.infra.images import BusyboxUnusable, ImageFactory, check_busybox
 from tests.infra.registry import LocalRegistry, RegistryUnavailable
 
 if TYPE_CHECKING:
     import docker
+
+ENGINES_ENV = "RECONCILER_TEST_ENGINES"
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -37,11 +52,68 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def _engines() -> list[str]:
+    """The engines the engine-facing tests run on: RECONCILER_TEST_ENGINES (comma-separated),
+    by default both."""
+    chosen = os.environ.get(ENGINES_ENV, f"{DOCKER},{PODMAN}")
+    engines = [name.strip() for name in chosen.split(",") if name.strip()]
+    unknown = sorted(set(engines) - {DOCKER, PODMAN})
+    if unknown or not engines:
+        raise pytest.UsageError(f"{ENGINES_ENV}={chosen!r}: name docker, podman or both")
+    return engines
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "not_on_podman(reason): this test cannot hold on Podman, for the reason given (shown "
+        "as a skip of its podman variant, never silent)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The packaging tests run on Docker only, once: they build and boot images (`docker
+    import`, systemd as PID 1) and install the package, none of which is the engine adapter;
+    the engine suites under tests/integration run on Docker and Podman. Under pytest-xdist
+    (--dist loadgroup) they all run on one worker: they share the package and base images
+    built once per session, and a build is minutes of CPU."""
+    packaging = Path(__file__).parent / "packaging"
+    kept, podman_packaging = [], []
+    for item in items:
+        if packaging not in item.path.parents:
+            kept.append(item)
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("engine_kind") == PODMAN:
+            podman_packaging.append(item)
+            continue
+        item.add_marker(pytest.mark.xdist_group("packaging"))
+        kept.append(item)
+    if podman_packaging:
+        config.hook.pytest_deselected(items=podman_packaging)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session", params=_engines())
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """Which engine this test runs on: every engine-facing test runs once per engine."""
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _podman_differences(request: pytest.FixtureRequest) -> None:
+    """Skip the Podman variant of a test marked not_on_podman, showing the marked reason."""
+    marker = request.node.get_closest_marker("not_on_podman")
+    callspec = getattr(request.node, "callspec", None)
+    if marker is not None and callspec is not None and callspec.params.get("engine_kind") == PODMAN:
+        pytest.skip(f"not on Podman: {marker.args[0] if marker.args else marker.kwargs['reason']}")
+
+
 @pytest.fixture(scope="session")
-def engine_lease() -> Iterator[EngineLease]:
+def engine_lease(engine_kind: str) -> Iterator[EngineLease]:
     """This session's use of an answering engine; released (maybe stopped) at session end."""
     try:
-        lease = acquire()
+        lease = acquire(kind=engine_kind)
     except EngineUnavailable as exc:
         _unavailable(str(exc))
     except EngineStartError as exc:

@@ -5,13 +5,17 @@
 #   packaging/image/build-rootfs.sh --out DIR --deb reconciler_*.deb --config config.yaml
 #       [--trusted-root trusted_root.json] [--labels labels.yaml]... [--hostname NAME]
 #       [--base BASE.tar] [--apt-cache DIR] [--packages "PKG ..."] [--no-kernel]
-#       [--root-label LABEL] [--lab]
+#       [--root-label LABEL] [--lab] [--engine docker|podman]
 #
 # "Bootable-ready": init (systemd), a kernel and initramfs (linux-image-ARCH; --no-kernel for
 # a container or a board whose kernel comes from elsewhere), an fstab naming the root file
 # system by LABEL (default "rootfs"), DHCP on every wired interface (systemd-networkd), DNS
 # (systemd-resolved), time sync (systemd-timesyncd: signature expiry and sigstore's
-# certificates are judged by the clock), Docker (docker.io). Not included: a bootloader and a
+# certificates are judged by the clock), the engine: Docker (docker.io, the default) or, with
+# --engine podman, Podman (podman, netavark, aardvark-dns) with podman.socket (the API the
+# reconciler drives; the config must set runtime.docker_host: unix:///run/podman/podman.sock)
+# and podman-restart.service (Podman applies restart policies after a reboot only through
+# it). Not included: a bootloader and a
 # partition table, which depend on the board; packaging/README.md shows how to turn DIR into a
 # disk image. Every device gets its own machine-id on first boot.
 #
@@ -40,6 +44,7 @@ extra_packages=""
 kernel=yes
 root_label=rootfs
 lab=no
+engine=docker
 while [ $# -gt 0 ]; do
     case $1 in
     --out) out=$2; shift 2 ;;
@@ -54,6 +59,7 @@ while [ $# -gt 0 ]; do
     --no-kernel) kernel=no; shift ;;
     --root-label) root_label=$2; shift 2 ;;
     --lab) lab=yes; shift ;;
+    --engine) engine=$2; shift 2 ;;
     -h | --help) usage 0 ;;
     *) die "unknown argument $1 (--help)" ;;
     esac
@@ -64,6 +70,15 @@ fi
 for file in "$deb" "$config" ${trusted_root:+"$trusted_root"} ${labels[@]+"${labels[@]}"}; do
     [ -f "$file" ] || die "$file: no such file"
 done
+case $engine in
+docker) engine_packages=(docker.io) engine_units=(docker.service) ;;
+podman)
+    engine_packages=(podman netavark aardvark-dns)
+    engine_units=(podman.socket podman-restart.service)
+    socket=/run/podman/podman.sock
+    ;;
+*) die "--engine $engine: docker or podman" ;;
+esac
 [[ $hostname =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] || die "--hostname $hostname: not a DNS label"
 require_tools tar findmnt
 if [ -e "$out" ] && [ -n "$(ls -A "$out")" ]; then
@@ -120,10 +135,15 @@ print(s.trust.allow_unsigned)
 print(s.trust.trusted_root or "")
 print(s.device.labels_dir or "")
 print(",".join(f"{k}={v}" for k, v in sorted(s.labels.items())))
+print(s.runtime.docker_host or "")
 ') || die "the config is invalid (problems above); nothing was baked"
 # $(...) drops the trailing empty lines: missing fields are empty.
 mapfile -t fields <<<"$check"
 allow_unsigned=${fields[0]:-} root_path=${fields[1]:-} labels_dir=${fields[2]:-} merged=${fields[3]:-}
+docker_host=${fields[4]:-}
+if [ "$engine" = podman ] && [ "$docker_host" != "unix://$socket" ]; then
+    die "the config's runtime.docker_host is ${docker_host:-unset, the Docker socket}; a Podman device needs unix://$socket"
+fi
 if [ "$allow_unsigned" = True ] && [ "$lab" != yes ]; then
     die "the config sets trust.allow_unsigned: a device image must verify releases (--lab for a lab image)"
 fi
@@ -136,7 +156,7 @@ fi
 log "labels: ${merged:-none}"
 
 packages=(systemd-sysv systemd-timesyncd systemd-resolved udev kmod iproute2 ca-certificates
-    docker.io)
+    "${engine_packages[@]}")
 [ "$kernel" = no ] || packages+=("linux-image-$arch")
 # shellcheck disable=SC2206 # a space-separated list on purpose
 packages+=($extra_packages)
@@ -161,7 +181,7 @@ Name=en* eth*
 DHCP=yes
 EOF
 run_in "$root" systemctl enable --quiet systemd-networkd.service systemd-resolved.service \
-    systemd-timesyncd.service docker.service reconciler.service
+    systemd-timesyncd.service "${engine_units[@]}" reconciler.service
 # Empty: systemd makes a new one on each device's first boot (never share one between devices).
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -73,6 +74,7 @@ HealthInfo = tr.HealthInfo
 
 _log = logging.getLogger("reconciler.engine")
 
+PORT_RELEASE_WAIT = 10.0  # Podman frees a torn-down container's host ports a moment late
 EXEC_TIMEOUT = 10.0  # an exec health check that takes longer has failed this probe
 # No progress event from a pull for this long aborts it. Generous: the engine sends progress at
 # least every few seconds while bytes arrive, and "Retrying in N seconds" while it retries.
@@ -96,6 +98,8 @@ class DockerEngine:
         self._pull_stall_timeout = pull_stall_timeout
         self._client: Any = None
         self._network_lock = threading.Lock()  # check-then-create is not atomic in the engine
+        self._podman: bool | None = None  # asked of the engine once, when first needed
+        self._healthcheck_runs: dict[str, float] = {}  # container id -> last run (monotonic)
         # Only a local engine shares our neighbour table; only root may change it.
         local = base_url is None or base_url.startswith("unix://")
         self.flush_stale_neighbours = local and os.geteuid() == 0 and shutil.which("ip") is not None
@@ -172,7 +176,7 @@ class DockerEngine:
                     with self._boundary(f"inspect container {summary['Id'][:12]}"):
                         attrs = self._api.inspect_container(summary["Id"])
                 except errors.EngineError as e:
-                    if isinstance(e.__cause__, docker.errors.NotFound):
+                    if _is_gone(e.__cause__):
                         continue  # removed between list and inspect
                     raise
             found = tr.observed(summary, namespace=self.namespace, inspect=attrs)
@@ -182,28 +186,78 @@ class DockerEngine:
 
     def inspect_health(self, container_id: str) -> HealthInfo:
         with self._boundary(f"inspect container {container_id[:12]}"):
-            return tr.health_info(self._api.inspect_container(container_id))
+            attrs = self._api.inspect_container(container_id)
+            if self._healthcheck_due(attrs):
+                attrs = self._run_healthcheck(attrs)
+            return tr.health_info(attrs)
+
+    def _healthcheck_due(self, attrs: Mapping[str, Any]) -> bool:
+        """On Podman, whether the image's HEALTHCHECK should run now. Podman runs it from
+        systemd timers; without systemd (a container, a minimal device) it never runs and the
+        health stays "starting". So the reconciler runs it itself, at the image's interval,
+        while it watches the container. Docker runs its own: never due there."""
+        state = attrs.get("State") or {}
+        healthcheck = (attrs.get("Config") or {}).get("Healthcheck") or {}
+        test = healthcheck.get("Test") or []
+        if not state.get("Running") or not test or test[0] == "NONE" or not self._is_podman:
+            return False
+        interval = (healthcheck.get("Interval") or 30_000_000_000) / 1e9  # ns; Docker's default
+        last = self._healthcheck_runs.get(str(attrs.get("Id")))
+        return last is None or time.monotonic() - last >= interval
+
+    def _run_healthcheck(self, attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run a Podman container's HEALTHCHECK once (libpod API); `attrs` with its verdict."""
+        container_id = str(attrs.get("Id"))
+        self._healthcheck_runs[container_id] = time.monotonic()
+        # Podman serves its own API beside the compat one, under a version it has had since 4.0.
+        url = f"{self._api.base_url}/v4.0.0/libpod/containers/{container_id}/healthcheck"
+        result = self._api._result(self._api._get(url), json=True)
+        state = dict(attrs.get("State") or {})
+        state["Health"] = {**(state.get("Health") or {}), "Status": result.get("Status")}
+        return {**attrs, "State": state}
+
+    @property
+    def _is_podman(self) -> bool:
+        """Whether the engine is Podman (its version names a "Podman Engine" component)."""
+        if self._podman is None:
+            components = self._api.version().get("Components") or []
+            self._podman = any(c.get("Name") == "Podman Engine" for c in components)
+        return self._podman
 
     def exec_run(
         self, container_id: str, cmd: Sequence[str], *, timeout: float = EXEC_TIMEOUT
     ) -> int | None:
         """Run `cmd` inside the container; its exit code, or None when it is still running after
         `timeout` (a timed-out probe; the engine has no way to kill an exec, so a hung one is
-        left to the container). Detached, so output cannot block us; polled until it exits."""
+        left to the container). Attached, its output read and dropped until the stream ends.
+
+        Attached, not detached: Podman 4.3 never reports a detached exec as finished (its
+        inspect says Running until the container stops), and refuses an attach without a
+        stream, so both output streams are attached."""
         doing = f"exec {list(cmd)!r} in container {container_id[:12]}"
         deadline = time.monotonic() + timeout
         with self._boundary(doing):
-            exec_id = self._api.exec_create(container_id, list(cmd), stdout=False, stderr=False)[
+            exec_id = self._api.exec_create(container_id, list(cmd), stdout=True, stderr=True)[
                 "Id"
             ]
-            self._api.exec_start(exec_id, detach=True)
-            while True:
+            stream = self._api.exec_start(exec_id, socket=True)
+            # Over a unix socket docker-py hands out a SocketIO whose close() leaves the
+            # socket itself open: close that too.
+            sock = getattr(stream, "_sock", None)
+            try:
+                ended = _drain(stream, deadline)
+            finally:
+                stream.close()
+                if sock is not None:
+                    sock.close()
+            while ended:
                 info = self._api.exec_inspect(exec_id)
                 if not info.get("Running") and info.get("ExitCode") is not None:
                     return int(info["ExitCode"])
                 if time.monotonic() > deadline:
                     return None
-                time.sleep(0.02)
+                time.sleep(0.02)  # the stream may end a moment before the exit is recorded
+        return None  # still running at the deadline
 
     # --- images ---------------------------------------------------------------------------
 
@@ -212,7 +266,7 @@ class DockerEngine:
             with self._boundary(f"inspect image {ref}"):
                 self._api.inspect_image(ref)
         except errors.EngineError as e:
-            if isinstance(e.__cause__, docker.errors.NotFound):
+            if _is_gone(e.__cause__):
                 return False
             raise
         return True
@@ -310,7 +364,7 @@ class DockerEngine:
                         check_duplicate=True,
                     )
                 except docker.errors.APIError as e:
-                    if e.status_code != 409:  # 409: created meanwhile by someone else
+                    if not _is_name_conflict(e):  # created meanwhile by someone else
                         raise
                 return name
         labels = found[0].get("Labels") or {}
@@ -327,16 +381,18 @@ class DockerEngine:
         with self._boundary(f"remove network {name}"):
             try:
                 attrs = self._api.inspect_network(name)
-            except docker.errors.NotFound:
-                return False
+            except docker.errors.APIError as e:
+                if _is_gone(e):
+                    return False
+                raise
             labels = attrs.get("Labels") or {}
             if labels.get(model.LABEL_NAMESPACE) != self.namespace or attrs.get("Containers"):
                 return False
             try:
                 self._api.remove_network(attrs["Id"])
             except docker.errors.APIError as e:
-                if e.status_code in (403, 404, 409):  # in use again, or gone: leave it
-                    return False
+                if e.status_code in (403, 404, 409) or _is_gone(e) or _in_use(e):
+                    return False  # in use again, or gone: leave it
                 raise
         return True
 
@@ -344,7 +400,9 @@ class DockerEngine:
         with self._boundary(f"ensure volume {name}"):
             try:
                 self._api.inspect_volume(name)
-            except docker.errors.NotFound:
+            except docker.errors.APIError as e:
+                if not _is_gone(e):
+                    raise
                 self._api.create_volume(name, labels=tr.ownership_labels(self.namespace, app))
 
     def list_volumes(self) -> list[str]:
@@ -401,9 +459,7 @@ class DockerEngine:
             return self._create(args)
         except errors.EngineError as e:
             cause = e.__cause__
-            if not (temporary_name and isinstance(cause, docker.errors.APIError)):
-                raise
-            if cause.status_code != 409:
+            if not (temporary_name and _is_name_conflict(cause)):
                 raise
         # A leftover replacement of ours (a crash between create and rename): start afresh.
         self._inspect_ours(name, f"create container {name}")
@@ -424,8 +480,23 @@ class DockerEngine:
         return str(created["Id"])
 
     def start(self, container_id: str) -> None:
-        with self._boundary(f"start container {container_id[:12]}"):
-            self._api.start(container_id)
+        """Start; while a host port is still held by a container being torn down, retry.
+
+        Podman frees a stopped or removed container's published ports only when its cleanup
+        process has run, a moment after the API call returned: starting the previous container
+        again right after its failed replacement was removed then fails with "address already
+        in use" (seen with Podman 4.3; Docker frees them before it answers)."""
+        deadline = time.monotonic() + PORT_RELEASE_WAIT
+        while True:
+            try:
+                with self._boundary(f"start container {container_id[:12]}"):
+                    self._api.start(container_id)
+            except errors.EngineError as e:
+                if "address already in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+            else:
+                return
 
     def stop(self, container_id: str, timeout: int = 10) -> None:
         self._inspect_ours(container_id, f"stop container {container_id[:12]}")
@@ -543,3 +614,45 @@ class DockerEngine:
     def remove_unused_networks(self, apps: Sequence[str]) -> None:
         for app in apps:
             self.remove_network_if_unused(app)
+
+
+# Podman 4's compat API answers several errors with 500 and a message where Docker sends a
+# status of its own: these read both.
+
+
+def _explains(error: BaseException | None, *phrases: str) -> bool:
+    if not isinstance(error, docker.errors.APIError):
+        return False
+    text = str(error.explanation or "").lower()
+    return any(phrase in text for phrase in phrases)
+
+
+def _is_gone(error: BaseException | None) -> bool:
+    """The object does not exist: Docker answers 404, Podman 4 also 500 "no such container"."""
+    return isinstance(error, docker.errors.NotFound) or _explains(
+        error, "no such container", "no such image", "no such volume", "no such network"
+    )
+
+
+def _is_name_conflict(error: BaseException | None) -> bool:
+    """The name is taken: Docker answers 409, Podman 4 500 "that name is already in use"."""
+    return (
+        isinstance(error, docker.errors.APIError) and error.status_code == 409
+    ) or _explains(error, "already in use", "already exists")
+
+
+def _in_use(error: BaseException | None) -> bool:
+    return _explains(error, "is being used", "has associated containers", "in use")
+
+
+
+def _drain(stream: Any, deadline: float) -> bool:
+    """Read and drop what `stream` (an attached exec's socket) sends until it ends: True, or
+    until `deadline` (monotonic) passes: False. Never blocks past the deadline."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        readable, _, _ = select.select([stream], [], [], left)
+        if readable and not stream.read(65536):
+            return True

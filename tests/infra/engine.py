@@ -1,4 +1,7 @@
-"""A real Docker engine for integration tests: reuse one that answers, else start our own.
+"""A real container engine for integration tests: reuse one that answers, else start our own.
+
+Two kinds, each on its own socket, run dir and data root: Docker's `dockerd`, and Podman's
+Docker-compatible API service (`podman system service`), so the engine suites run on both.
 
 Owns: finding an answering engine (DOCKER_HOST, then the project's test socket), starting
 `dockerd` on the test socket, data root and pidfile when none answers, and stopping it again when
@@ -36,10 +39,12 @@ from typing import IO
 
 DEFAULT_RUN_DIR = Path("/run/reconciler-test")
 DEFAULT_DATA_ROOT = Path("/var/lib/reconciler-test/docker")
+DOCKER, PODMAN = "docker", "podman"  # the engines the tests run against
 # Environment overrides, so the start path can be exercised beside an engine that already runs
 # (e.g. in a separate network namespace) without touching it.
 RUN_DIR_ENV = "RECONCILER_TEST_RUN_DIR"
 DATA_ROOT_ENV = "RECONCILER_TEST_DATA_ROOT"
+PODMAN_HOST_ENV = "RECONCILER_TEST_PODMAN_HOST"  # an answering Podman API to use instead
 
 TESTS = "tests"  # the owner whose engine the last test session's release stops
 _LOCK_WAIT = 180.0  # a peer may be booting an engine (up to the start timeout) or stopping one
@@ -56,21 +61,33 @@ class EngineStartError(Exception):
 
 @dataclass(frozen=True)
 class EngineLayout:
-    """Where the test engine lives: socket, pidfile, data root, its own exec root and locks."""
+    """Where the test engine lives: socket, pidfile, data root, its own exec root and locks.
+
+    `kind` PODMAN: Podman's Docker-compatible API service (`podman system service`), rootful,
+    with its own storage under the data root and its own containers.conf, registries.conf and
+    network config dir under the run dir, so nothing of the machine's Podman is touched.
+    """
 
     run_dir: Path = DEFAULT_RUN_DIR
     data_root: Path = DEFAULT_DATA_ROOT
+    kind: str = DOCKER
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> EngineLayout:
-        return cls(
-            run_dir=Path(env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR),
-            data_root=Path(env.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT),
-        )
+    def from_env(cls, env: Mapping[str, str], kind: str = DOCKER) -> EngineLayout:
+        run_dir = Path(env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+        data_root = Path(env.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+        if kind == PODMAN:  # beside the dockerd's, never inside its data root
+            return cls(run_dir=run_dir / PODMAN, data_root=data_root.parent / PODMAN, kind=kind)
+        return cls(run_dir=run_dir, data_root=data_root)
+
+    @property
+    def program(self) -> str:
+        """The engine's executable, as it shows in /proc/PID/cmdline."""
+        return "dockerd" if self.kind == DOCKER else "podman"
 
     @property
     def socket(self) -> Path:
-        return self.run_dir / "docker.sock"
+        return self.run_dir / f"{self.kind}.sock"
 
     @property
     def url(self) -> str:
@@ -78,7 +95,7 @@ class EngineLayout:
 
     @property
     def pidfile(self) -> Path:
-        return self.run_dir / "docker.pid"
+        return self.run_dir / f"{self.kind}.pid"
 
     @property
     def exec_root(self) -> Path:
@@ -88,6 +105,54 @@ class EngineLayout:
     @property
     def marker(self) -> Path:
         return self.run_dir / "engine.started"
+
+    def argv(self) -> list[str]:
+        """The command that runs the engine on our socket, storage and pidfile."""
+        if self.kind == PODMAN:
+            return [
+                "podman",
+                "--root",
+                str(self.data_root / "root"),
+                "--runroot",
+                str(self.run_dir / "run"),
+                "system",
+                "service",
+                "--time",
+                "0",  # serve until stopped, not 5 s after the last request
+                self.url,
+            ]
+        return self.dockerd_argv()
+
+    def environment(self) -> dict[str, str]:
+        """The engine process's environment: Podman's config files are named by variables."""
+        if self.kind != PODMAN:
+            return dict(os.environ)
+        return {
+            **os.environ,
+            "CONTAINERS_CONF": str(self.run_dir / "containers.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(self.run_dir / "registries.conf"),
+        }
+
+    def write_config(self) -> None:
+        """Podman's settings for this machine (see the module docstring); nothing for dockerd."""
+        if self.kind != PODMAN:
+            return
+        (self.run_dir / "containers.conf").write_text(
+            "[containers]\n"
+            # Podman raises NOFILE and NPROC past what this sandbox allows ("error setting
+            # rlimit type 7"): keep them at values it accepts.
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            "[network]\n"
+            'network_backend = "netavark"\n'  # network aliases (DNS by container name)
+            f'network_config_dir = "{self.data_root / "networks"}"\n'
+            "[engine]\n"
+            'events_logger = "file"\n'  # no journald here
+        )
+        # Registries on loopback speak plain HTTP, as Docker allows for 127.0.0.0/8.
+        (self.run_dir / "registries.conf").write_text(
+            'unqualified-search-registries = []\n[[registry]]\nlocation = "127.0.0.1"\n'
+            "insecure = true\n"
+        )
 
     def dockerd_argv(self) -> list[str]:
         return [
@@ -194,8 +259,12 @@ def acquire(
     env: Mapping[str, str] | None = None,
     start_timeout: float = 60.0,
     owner: str = TESTS,
+    kind: str = DOCKER,
 ) -> EngineLease:
     """An answering engine: DOCKER_HOST if it answers, else the test socket, else a new dockerd.
+
+    `kind` PODMAN: RECONCILER_TEST_PODMAN_HOST if it answers, else Podman's test socket, else a
+    new `podman system service` there (beside the dockerd: both can run on one machine).
 
     `owner` other than TESTS (e.g. "demo"): the engine keeps running after this lease, whether
     started here or reused (a test-started engine is then claimed: see the module docstring).
@@ -203,11 +272,11 @@ def acquire(
     when a started dockerd does not come up.
     """
     env = os.environ if env is None else env
-    docker_host = env.get("DOCKER_HOST", "")
-    if docker_host and answers(docker_host, from_env=True):
-        return EngineLease(url=docker_host, from_env=True)
+    given = env.get(PODMAN_HOST_ENV if kind == PODMAN else "DOCKER_HOST", "")
+    if given and answers(given, from_env=kind == DOCKER):
+        return EngineLease(url=given, from_env=kind == DOCKER)
 
-    layout = EngineLayout.from_env(env)
+    layout = EngineLayout.from_env(env, kind)
     try:
         layout.run_dir.mkdir(parents=True, exist_ok=True)
         (layout.run_dir / "engine.lock").open("ab").close()
@@ -216,7 +285,7 @@ def acquire(
         if answers(layout.url):
             return EngineLease(url=layout.url)  # usable, but we cannot coordinate: never stop it
         raise EngineUnavailable(
-            f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and its run dir is not "
+            f"no {_name(layout)} answers at {layout.url} and its run dir is not "
             f"usable here: {exc}"
         ) from exc
 
@@ -228,9 +297,9 @@ def acquire(
             if answers(layout.url):
                 _claim(layout, owner)
                 return lease
-            booting = _live_dockerd_pid(layout.pidfile)
+            booting = _live_engine_pid(layout)
             if booting is not None:
-                # A dockerd that has not answered yet (ours from a crashed session, or anyone's):
+                # An engine that has not answered yet (ours from a crashed session, or anyone's):
                 # wait for it rather than fight it with a second one.
                 _wait_until_answers(layout, None, booting, timeout=start_timeout)
                 _claim(layout, owner)
@@ -289,21 +358,23 @@ def _claim(layout: EngineLayout, owner: str) -> None:
 def _start(layout: EngineLayout, *, owner: str, timeout: float) -> subprocess.Popen[bytes]:
     if os.geteuid() != 0:
         raise EngineUnavailable(
-            f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and starting dockerd "
-            "needs root"
+            f"no {_name(layout)} answers at {layout.url} and starting "
+            f"{layout.program} needs root"
         )
-    if shutil.which("dockerd") is None:
+    if shutil.which(layout.program) is None:
         raise EngineUnavailable(
-            f"no Docker engine answers at {layout.url} (or DOCKER_HOST) and dockerd is not "
-            "installed (run scripts/install.sh as root)"
+            f"no {_name(layout)} answers at {layout.url} and "
+            f"{layout.program} is not installed (run scripts/install.sh as root)"
         )
     layout.data_root.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="reconciler-dockerd-"))
-    log_path = log_dir / "dockerd.log"
+    layout.write_config()
+    log_dir = Path(tempfile.mkdtemp(prefix=f"reconciler-{layout.program}-"))
+    log_path = log_dir / f"{layout.program}.log"
     with log_path.open("wb") as log:
         # Own session: a Ctrl-C in pytest must not take the engine down mid-teardown.
         process = subprocess.Popen(
-            layout.dockerd_argv(),
+            layout.argv(),
+            env=layout.environment(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -311,6 +382,8 @@ def _start(layout: EngineLayout, *, owner: str, timeout: float) -> subprocess.Po
         )
     record = {"pid": process.pid, "log_dir": str(log_dir), "owner": owner}
     layout.marker.write_text(json.dumps(record))
+    if layout.kind == PODMAN:  # `podman system service` writes no pidfile of its own
+        layout.pidfile.write_text(f"{process.pid}\n")
     try:
         _wait_until_answers(layout, process, process.pid, timeout=timeout, log_path=log_path)
     except BaseException:
@@ -334,12 +407,12 @@ def _wait_until_answers(
             return
         if (process.poll() is not None) if process is not None else not _alive(pid):
             raise EngineStartError(
-                f"dockerd (pid {pid}) exited before answering at {layout.url}; log "
+                f"{layout.program} (pid {pid}) exited before answering at {layout.url}; log "
                 f"{log_path}:\n{log_tail(log_path) if log_path else '(not ours)'}"
             )
         time.sleep(0.2)
     raise EngineStartError(
-        f"dockerd (pid {pid}) did not answer at {layout.url} within {timeout:.0f}s; log "
+        f"{layout.program} (pid {pid}) did not answer at {layout.url} within {timeout:.0f}s; log "
         f"{log_path}:\n{log_tail(log_path) if log_path else '(not ours)'}"
     )
 
@@ -360,7 +433,7 @@ def _stop_if_ours(
     except (OSError, ValueError, TypeError, AttributeError):
         return False  # not started by this code: never ours to stop
     pidfile_pid = _read_pid(layout.pidfile)
-    live = pid > 0 and (pidfile_pid in (None, pid)) and _alive(pid) and _is_dockerd(pid)
+    live = pid > 0 and (pidfile_pid in (None, pid)) and _alive(pid) and _runs(pid, layout.program)
     if process is not None and process.pid == pid:
         live = process.poll() is None
     # A marker without an owner predates owners: the demo and the tests wrote the same one.
@@ -411,14 +484,21 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has exited already
 
 
-def _is_dockerd(pid: int) -> bool:
+def _runs(pid: int, program: str) -> bool:
     try:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
     except OSError:
         return False
-    return Path(argv0.decode(errors="replace")).name == "dockerd"
+    return Path(argv0.decode(errors="replace")).name == program
 
 
-def _live_dockerd_pid(pidfile: Path) -> int | None:
-    pid = _read_pid(pidfile)
-    return pid if pid is not None and _alive(pid) and _is_dockerd(pid) else None
+def _live_engine_pid(layout: EngineLayout) -> int | None:
+    pid = _read_pid(layout.pidfile)
+    return pid if pid is not None and _alive(pid) and _runs(pid, layout.program) else None
+
+
+def _name(layout: EngineLayout) -> str:
+    """How messages name the engine: Docker's test engine, or Podman's (with its variable)."""
+    if layout.kind == PODMAN:
+        return f"Podman API service (or {PODMAN_HOST_ENV})"
+    return "Docker engine (or DOCKER_HOST)"

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+_MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+
+
 class RegistryError(Exception):
     """The registry would not start, or a push through the engine failed."""
 
@@ -141,8 +149,23 @@ class LocalRegistry:
                 raise RegistryError(f"push {remote}:{tag}: {event['error']}")
             digest = event.get("aux", {}).get("Digest", digest)
         if not digest.startswith("sha256:"):
-            raise RegistryError(f"push {remote}:{tag}: the engine reported no digest")
+            digest = self.manifest_digest(repo, tag)  # Podman's push reports none
+        if not digest.startswith("sha256:"):
+            raise RegistryError(f"push {remote}:{tag}: the registry knows no digest for it")
         return f"{remote}@{digest}"
+
+    def manifest_digest(self, repo: str, tag: str) -> str:
+        """The digest the registry serves for repo:tag (`Docker-Content-Digest`), or ""."""
+        request = urllib.request.Request(
+            f"http://{self.address}/v2/{repo}/manifests/{tag}",
+            method="HEAD",
+            headers={"Accept": ", ".join(_MANIFEST_TYPES)},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return str(answer.headers.get("Docker-Content-Digest") or "")
+        except OSError:
+            return ""
 
     def port_in_use_by_other(self) -> bool:
         """True when something else holds our port (the reason a start may fail)."""

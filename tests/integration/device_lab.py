@@ -8,6 +8,7 @@ installed console script, the way an operator does. Images come from the local r
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import yaml
 
 from reconciler import model, release, repo_verbs
@@ -61,7 +63,8 @@ def http_get(port: int, path: str = "/index.html", *, timeout: float = 10.0) -> 
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
                 return reply.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        # A body cut short (IncompleteRead, an HTTPException) is a container being replaced.
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.1)
@@ -219,7 +222,15 @@ def log_events(stderr: str) -> list[dict[str, object]]:
 def managed(client: docker.DockerClient, namespace: str) -> list[Any]:
     """The engine's containers labelled with `namespace`, running or not."""
     label = f"{model.LABEL_NAMESPACE}={namespace}"
-    return client.containers.list(all=True, filters={"label": label})
+    for _ in range(10):
+        try:
+            return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+        except docker.errors.APIError as exc:
+            # Podman answers 500 "no such container" (not 404) for one removed between the
+            # list and its inspect: ask again.
+            if "no such container" not in str(exc.explanation).lower():
+                raise
+    return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
 
 
 def container_actions(client: docker.DockerClient, namespace: str, since: float) -> list[str]:

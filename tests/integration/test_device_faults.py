@@ -201,6 +201,10 @@ def test_an_app_that_cannot_start_reverts_the_cycle_and_only_it_is_held_back(
         assert [a["name"] for a in lab.status()["apps"]] == ["alpha"]
 
 
+@pytest.mark.not_on_podman(
+    "Podman cannot delete an image a container runs from: `rmi --force` removes the container "
+    "too, so a running app's previous image cannot be gone as this test makes it"
+)
 def test_an_update_whose_rollback_images_are_gone_is_not_started_until_they_are_back(
     lab: DeviceLab,
     images: ImageFactory,

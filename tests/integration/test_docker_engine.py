@@ -293,21 +293,38 @@ def test_env_file_values_are_merged_under_the_explicit_env(engine, images, names
     assert engine.exec_run(cid, ["sh", "-c", check]) == 0
 
 
-def test_containers_of_one_app_reach_each_other_by_container_name(engine, images, namespace):
+# HTTP by hand over busybox nc: this static busybox's wget crashes in a scratch image.
+FETCH_WEB_BY_NAME = [
+    "sh",
+    "-c",
+    "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 web 80 | grep -q by-name",
+]
+
+
+def start_web_and_client(engine, images, namespace) -> str:
+    """App `gw`: containers `web` (serving "by-name") and `client`; the client's id once it
+    reaches web by its container name."""
     web = model.ContainerSpec(name="web", image=images.httpd("alias", "by-name"))
     client = model.ContainerSpec(name="client", image=images.sleeper("alias-client"))
     engine.create_and_start(want(web, namespace=namespace))
     client_id = engine.create_and_start(want(client, namespace=namespace))
-    # HTTP by hand over busybox nc: this static busybox's wget crashes in a scratch image.
-    fetch = [
-        "sh",
-        "-c",
-        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 web 80 | grep -q by-name",
-    ]
-    wait_for(lambda: engine.exec_run(client_id, fetch) == 0)
+    wait_for(lambda: engine.exec_run(client_id, FETCH_WEB_BY_NAME) == 0)
+    return client_id
 
+
+def test_containers_of_one_app_reach_each_other_by_container_name(engine, images, namespace):
+    start_web_and_client(engine, images, namespace)
+
+
+@pytest.mark.not_on_podman(
+    "after a replace, Podman 4.3's aardvark-dns (netavark 1.4) stops answering for the app "
+    "network in about 1 of 3 runs: the client reaches web by IP, not by name (open defect)"
+)
+def test_a_replaced_container_is_reached_by_name_again(engine, images, namespace):
+    client_id = start_web_and_client(engine, images, namespace)
+    fetch = FETCH_WEB_BY_NAME
     [old_web] = [c for c in engine.list_managed() if c.container == "web"]
-    renewed = model.ContainerSpec(name="web", image=web.image, env=(("V", "2"),))
+    renewed = model.ContainerSpec(name="web", image=old_web.image, env=(("V", "2"),))
     engine.replace(old_web, want(renewed, namespace=namespace, revision="r2"), stop_timeout=1)
     wait_for(lambda: engine.exec_run(client_id, fetch) == 0)
 

@@ -21,7 +21,7 @@ import pytest
 from demo import lab
 from reconciler import model
 from tests.infra import engine
-from tests.infra.engine import EngineLayout, acquire, answers
+from tests.infra.engine import PODMAN, PODMAN_HOST_ENV, EngineLayout, acquire, answers
 from tests.infra.registry import free_port
 
 pytestmark = pytest.mark.docker
@@ -55,8 +55,8 @@ def test_the_engine_answers_and_speaks_api_1_41_or_newer(docker_client, docker_h
     assert (major, minor) >= (1, 41)
 
 
-def test_a_second_lease_reuses_the_running_engine_and_leaves_it_running(docker_host):
-    lease = acquire()
+def test_a_second_lease_reuses_the_running_engine_and_leaves_it_running(docker_host, engine_kind):
+    lease = acquire(kind=engine_kind)
     try:
         assert lease.url == docker_host
         assert not lease.started_here
@@ -65,12 +65,16 @@ def test_a_second_lease_reuses_the_running_engine_and_leaves_it_running(docker_h
     assert answers(docker_host)
 
 
-@pytest.mark.skipif("DOCKER_HOST" in os.environ, reason="the session uses DOCKER_HOST itself")
-def test_a_docker_host_that_does_not_answer_falls_back_to_the_test_socket(docker_host, tmp_path):
-    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/nobody.sock"}
-    lease = acquire(env=env, start_timeout=5)
+def test_a_given_engine_that_does_not_answer_falls_back_to_the_test_socket(
+    docker_host, tmp_path, engine_kind
+):
+    variable = PODMAN_HOST_ENV if engine_kind == PODMAN else "DOCKER_HOST"
+    if variable in os.environ:
+        pytest.skip(f"the session uses {variable} itself")
+    env = {**os.environ, variable: f"unix://{tmp_path}/nobody.sock"}
+    lease = acquire(env=env, start_timeout=5, kind=engine_kind)
     try:
-        assert lease.url == EngineLayout.from_env(env).url == docker_host
+        assert lease.url == EngineLayout.from_env(env, engine_kind).url == docker_host
         assert not lease.started_here
     finally:
         lease.release()
@@ -96,6 +100,10 @@ def test_the_same_image_spec_is_built_once_and_another_spec_gets_another_referen
     assert first.startswith("reconciler-test/infra-cache:")
 
 
+@pytest.mark.not_on_podman(
+    "Podman runs an image's HEALTHCHECK from systemd timers, and there is no systemd here; "
+    "the reconciler runs it itself on Podman (tests/integration/test_health_checks.py)"
+)
 def test_extra_files_and_a_healthcheck_are_built_into_the_image(images, docker_client, namespace):
     image = images.build(
         "infra-health",
@@ -140,9 +148,13 @@ def test_an_image_pushed_to_the_registry_pulls_by_tag_and_by_digest(
 
 
 def test_a_pull_from_a_stopped_registry_fails_and_works_again_after_start(
-    images, registry, docker_client
+    images, registry, docker_client, namespace
 ):
-    ref = registry.push(images.sleeper("infra-down"), "infra/down:v1")
+    local = images.httpd(f"infra-down-{namespace}", namespace)  # unique: removed below
+    ref = registry.push(local, "infra/down:v1")
+    # Gone from the engine, so the pull must reach the registry (Podman: an image present
+    # locally makes its pull succeed whatever the registry says).
+    docker_client.images.remove(docker_client.images.get(local).id, force=True)
     registry.stop()
     try:
         with pytest.raises(docker.errors.APIError, match=registry.address):
@@ -153,6 +165,11 @@ def test_a_pull_from_a_stopped_registry_fails_and_works_again_after_start(
 
 
 # --- who stops an engine: the tests stop only one the tests started ---------------------------
+
+# Run once, not once per engine: the Podman service goes through the same code, named "podman".
+_DOCKERD_PATH = pytest.mark.not_on_podman(
+    "exercises the test setup's start and stop path with a stand-in dockerd, once is enough"
+)
 
 # A stand-in for dockerd, put first on PATH: the tests must never start a second real engine
 # beside the shared one (two fight over the bridge and iptables), nor stop the shared one. It
@@ -250,6 +267,7 @@ def demo_acquires_engine() -> bool:
     return result.stdout.strip() == "True"
 
 
+@_DOCKERD_PATH
 def test_an_engine_the_demo_started_outlives_the_test_session_that_reused_it(stand_in_layout):
     assert demo_acquires_engine()  # nothing answered: the demo started "dockerd" (the stand-in)
     pid = stand_in_pid(stand_in_layout)
@@ -262,6 +280,7 @@ def test_an_engine_the_demo_started_outlives_the_test_session_that_reused_it(sta
     assert answers(stand_in_layout.url)
 
 
+@_DOCKERD_PATH
 def test_an_engine_the_tests_started_is_kept_once_the_demo_reused_it(stand_in_layout):
     session = acquire(env=os.environ)
     assert session.started_here
@@ -272,6 +291,7 @@ def test_an_engine_the_tests_started_is_kept_once_the_demo_reused_it(stand_in_la
     assert running(pid), "the test session stopped an engine the demo's app runs on"
 
 
+@_DOCKERD_PATH
 def test_the_last_test_session_stops_an_engine_the_tests_started(stand_in_layout):
     first = acquire(env=os.environ)
     assert first.started_here

@@ -76,7 +76,9 @@ class DebBuild:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()  # its EXIT trap unmounts and removes its work tree
-            self.process.communicate(timeout=120)
+        # Also when it finished unread: communicate() closes its pipes (else they leak into
+        # whichever later test the garbage collector runs in, as ResourceWarnings).
+        self.process.communicate(timeout=120)
 
 
 def build_deb(base: Path, out: Path, *, arch: str | None = None) -> Path:

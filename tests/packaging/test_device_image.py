@@ -197,6 +197,65 @@ def test_the_recipe_refuses_to_bake(
     assert not out.exists()  # no half-baked image left behind
 
 
+# --- a Podman device ----------------------------------------------------------------------------
+
+PODMAN_SOCKET = "unix:///run/podman/podman.sock"
+
+
+@pytest.fixture(scope="module")
+def baked_for_podman(
+    deb: Path, base_tarball: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Chroot]:
+    top = tmp_path_factory.mktemp("podman-device")
+    config = top / "config.yaml"
+    config.write_text(
+        "source: {url: /srv/fleet}\ntrust: {allow_unsigned: true}\n"
+        f"runtime: {{docker_host: '{PODMAN_SOCKET}'}}\n"
+    )
+    result = bake(
+        deb, base_tarball, top / "rootfs", "--config", str(config), "--engine", "podman",
+        "--no-kernel", "--lab",
+    )
+    assert result.returncode == 0, result.stderr
+    rootfs = Chroot(top / "rootfs")
+    yield rootfs
+    rootfs.remove()
+
+
+def test_a_podman_device_gets_podman_its_api_socket_and_restart_service(
+    baked_for_podman: Chroot,
+):
+    units = ["reconciler.service", "podman.socket", "podman-restart.service"]
+    enabled = baked_for_podman.run("systemctl", "is-enabled", *units)
+    assert enabled.stdout.split() == ["enabled"] * len(units), enabled.stderr
+    installed = baked_for_podman.run(
+        "dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", "podman", "netavark",
+        "aardvark-dns",
+    )
+    assert sorted(installed.stdout.splitlines()) == [
+        "aardvark-dns installed", "netavark installed", "podman installed"
+    ]
+    assert not (baked_for_podman.root / "lib/systemd/system/docker.service").exists()
+    verify = baked_for_podman.run("systemd-analyze", "verify", "reconciler.service")
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_the_recipe_refuses_a_podman_device_whose_config_names_another_engine(
+    deb: Path, base_tarball: Path, tmp_path: Path
+):
+    (tmp_path / "config.yaml").write_text(
+        "source: {url: /srv/fleet}\ntrust: {allow_unsigned: true}\n"
+    )
+    out = tmp_path / "rootfs"
+    result = bake(
+        deb, base_tarball, out, "--config", str(tmp_path / "config.yaml"), "--engine",
+        "podman", "--lab",
+    )
+    assert result.returncode != 0
+    assert f"a Podman device needs {PODMAN_SOCKET}" in result.stderr
+    assert not out.exists()
+
+
 # --- booting it --------------------------------------------------------------------------------
 
 
