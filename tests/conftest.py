@@ -71,6 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The packaging tests run on Docker only, once: they build and boot images (`docker
     import`, systemd as PID 1) and install the package, none of which is the engine adapter;

@@ -86,15 +86,26 @@ class ImageFactory:
         if ":" not in tag and self._exists(reference):
             self._built[cache_key] = reference  # built by an earlier session on this engine
             return reference
-        context = self._context(dockerfile, files or {})
-        self._client.images.build(
-            fileobj=context,
-            custom_context=True,
-            tag=reference,
-            rm=True,
-            forcerm=True,
-            labels={"reconciler-test.spec": digest},
-        )
+        from docker.errors import BuildError  # lazily, as docker itself is imported here
+
+        for attempt in (1, 2):
+            context = self._context(dockerfile, files or {})
+            try:
+                self._client.images.build(
+                    fileobj=context,
+                    custom_context=True,
+                    tag=reference,
+                    rm=True,
+                    forcerm=True,
+                    nocache=attempt > 1,
+                    labels={"reconciler-test.spec": digest},
+                )
+                break
+            except BuildError as exc:
+                # A test on another worker removed an image this build's cache pointed at
+                # ("unable to find image sha256:..."): build once more, without the cache.
+                if attempt > 1 or "unable to find image" not in str(exc):
+                    raise
         self._built[cache_key] = reference
         return reference
 
