@@ -3,9 +3,10 @@
 The shared test engine (tests/infra/engine.py) serves every test of the run and must never be
 restarted. This one is started by the test that needs it, and stays out of the shared engine's
 way: its own data root, exec root (so its own containerd) and socket in a temp dir under
-/var/tmp; its own default bridge, created here on 10.216.0.1/24; no iptables or sysctl changes
-(`--iptables=false`, `--ip-masq=false`, `--ip-forward=false`). Published ports work through
-docker-proxy, which needs no iptables. Images come from the local registry (pulled on loopback).
+/var/tmp; its own default bridge, created here on 10.216.N.1/24 (N from the pid); no iptables
+or sysctl changes (`--iptables=false`, `--ip-masq=false`, `--ip-forward=false`). Published
+ports work through docker-proxy, which needs no iptables. Images come from the local registry
+(pulled on loopback).
 
 Two dockerd 20.10 options delete the interface named `docker0` (the shared engine's bridge),
 whatever `--bridge` says, so they are never given here: `--bridge=none` (at every start), and
@@ -33,7 +34,8 @@ from types import TracebackType
 import docker
 import docker.errors
 
-BRIDGE_ADDRESS = "10.216.0.1/24"
+# One /24 per test process, so private engines of parallel test workers never share an address.
+BRIDGE_ADDRESS = f"10.216.{os.getpid() % 250}.1/24"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 30.0
 
