@@ -219,6 +219,11 @@ def log_events(stderr: str) -> list[dict[str, object]]:
     return records
 
 
+def web(image: str, port: int, **fields: object) -> dict[str, object]:
+    """Container `web` of `image`, its port 80 published on 127.0.0.1:port; more fields given."""
+    return {"name": "web", "image": image, "ports": [f"127.0.0.1:{port}:80"], **fields}
+
+
 def managed(client: docker.DockerClient, namespace: str) -> list[Any]:
     """The engine's containers labelled with `namespace`, running or not."""
     label = f"{model.LABEL_NAMESPACE}={namespace}"

@@ -22,6 +22,7 @@ from tests.integration.device_lab import (
     http_get,
     log_events,
     managed,
+    web,
 )
 
 pytestmark = pytest.mark.docker
@@ -44,10 +45,6 @@ def web_images(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
         registry.push(local, f"lab/web:{version}")
         refs[version] = f"{registry.address}/lab/web:{version}"
     return refs
-
-
-def web(image: str, port: int, **fields: object) -> dict[str, object]:
-    return {"name": "web", "image": image, "ports": [f"127.0.0.1:{port}:80"], **fields}
 
 
 def test_first_apply_serves_the_app_and_a_second_cycle_changes_nothing(

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -25,6 +24,7 @@ from tests.integration.device_lab import (
     http_get,
     log_events,
     managed,
+    web,
 )
 
 pytestmark = pytest.mark.docker
@@ -41,21 +41,6 @@ CRASH_LOOP_DEADLINE = 25.0
 @pytest.fixture
 def lab(tmp_path: Path, docker_host: str, namespace: str) -> DeviceLab:
     return DeviceLab(tmp_path, docker_host=docker_host, namespace=namespace)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Daemons a test started; any still running at teardown are killed and reaped."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
-def web(image: str, port: int, **fields: object) -> dict[str, object]:
-    return {"name": "web", "image": image, "ports": [f"127.0.0.1:{port}:80"], **fields}
 
 
 def count_cycles(lab: DeviceLab) -> int:

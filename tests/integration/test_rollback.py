@@ -20,6 +20,7 @@ from tests.integration.device_lab import (
     http_get,
     log_events,
     scrape,
+    web,
 )
 
 pytestmark = pytest.mark.docker
@@ -52,10 +53,6 @@ def lab(tmp_path: Path, docker_host: str, namespace: str) -> DeviceLab:
     lab = DeviceLab(tmp_path, docker_host=docker_host, namespace=namespace)
     lab.write_config(health={"timeout": "5s", "stable_for": "1s"})
     return lab
-
-
-def web(image: str, port: int, **fields: object) -> dict[str, object]:
-    return {"name": "web", "image": image, "ports": [f"127.0.0.1:{port}:80"], **fields}
 
 
 def http_check(port: int, path: str = "/index.html") -> dict[str, object]:

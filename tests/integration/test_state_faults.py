@@ -37,6 +37,7 @@ from tests.integration.device_lab import (
     managed,
     metric,
     scrape,
+    web,
 )
 
 pytestmark = pytest.mark.docker
@@ -80,20 +81,6 @@ def small_state_dir(lab: DeviceLab) -> Iterator[Path]:
         yield lab.state_dir
     finally:
         subprocess.run(["umount", "-l", str(lab.state_dir)], check=False)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
-def web(image: str, port: int, **fields: object) -> dict[str, object]:
-    return {"name": "web", "image": image, "ports": [f"127.0.0.1:{port}:80"], **fields}
 
 
 def fill(directory: Path) -> Path:
