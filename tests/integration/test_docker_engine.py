@@ -374,4 +374,4 @@ def test_an_exec_returns_its_exit_code_and_a_hung_one_is_given_up_at_its_timeout
     assert engine.exec_run(cid, ["sh", "-c", "yes > /dev/stdout | head -c 100000000"]) == 0
     started = time.monotonic()
     assert engine.exec_run(cid, ["sleep", "30"], timeout=0.5) is None
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # given up, not the 30 s sleep

@@ -154,7 +154,7 @@ def test_http_check_answering_500_is_unhealthy_after_three_failed_probes_not_the
         "gw": f"web: unhealthy: http check GET http://127.0.0.1:{port}/cgi-bin/fail: answered "
         "500; 3 failed probe(s) in a row, 0.5 s apart (failure_threshold 3)"
     }
-    assert 1.0 <= verdict.seconds < 5
+    assert 1.0 <= verdict.seconds < 15  # three probes, not the 120 s timeout
 
 
 @pytest.mark.docker
@@ -189,7 +189,7 @@ def test_tcp_check_on_a_port_nothing_listens_behind_fails(engine, images, start,
         "gw": f"web: unhealthy: tcp check 127.0.0.1:{port}: {seen}; 3 failed probe(s) in a "
         "row, 0.5 s apart (failure_threshold 3)"
     }
-    assert verdict.seconds < 5
+    assert verdict.seconds < 15  # three probes, not the 120 s timeout
 
 
 @pytest.mark.docker
@@ -218,11 +218,11 @@ def test_container_that_serves_then_crash_loops_is_caught_by_the_stable_window(
     verdict = health.wait_healthy(
         engine,
         [target("gw", cid, image=image, port=port, check=http_check(port), restart="always")],
-        settings(timeout=10, stable_for=2),
+        settings(timeout=30, stable_for=2),
     )
     assert not verdict.healthy
     assert "keeps restarting" in verdict.failed["gw"]
-    assert verdict.seconds < 10 / 2
+    assert verdict.seconds < 30 / 2  # decided by the restarts, well before the timeout
 
 
 @pytest.mark.docker

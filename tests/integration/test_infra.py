@@ -127,8 +127,8 @@ def test_the_exiting_image_exits_with_its_code_and_the_sleeper_stops_at_once(
     assert exiting.wait(timeout=30)["StatusCode"] == 3
     sleeper = run(docker_client, images.sleeper("infra-sleep"), namespace)
     started = time.monotonic()
-    sleeper.stop(timeout=10)
-    assert time.monotonic() - started < 3  # SIGTERM ends it; no wait for the kill
+    sleeper.stop(timeout=60)
+    assert time.monotonic() - started < 20  # SIGTERM ends it; no wait for the 60 s kill
 
 
 def test_an_image_pushed_to_the_registry_pulls_by_tag_and_by_digest(

@@ -70,8 +70,10 @@ def remote_only(
     for ref in (local, f"{registry.address}/{repo_tag}"):
         docker_client.images.remove(ref, force=True)
     yield repo_tag
-    for leftover in docker_client.images.list():
-        for ref in leftover.tags:
+    # The low-level listing: the high-level one inspects every image, and one that another
+    # worker removes meanwhile would fail this teardown.
+    for leftover in docker_client.api.images():
+        for ref in leftover.get("RepoTags") or ():
             if f"/nf/web-{token}:" in ref:
                 with contextlib.suppress(docker.errors.APIError):
                     docker_client.images.remove(ref, force=True)
