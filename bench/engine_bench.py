@@ -38,7 +38,9 @@ from pathlib import Path
 
 import docker
 
-from reconciler import device, lab_ca, logs, model
+from reconciler import logs, model
+from reconciler.device import wiring
+from reconciler.fleet import lab_ca
 from tests.infra.engine import DOCKER, PODMAN, acquire
 from tests.infra.git_server import GitDaemon
 from tests.infra.images import ImageFactory, check_busybox
@@ -118,9 +120,9 @@ class Bench:
                 ]
             manifests[f"app{i:03d}"] = app_manifest(f"app{i:03d}", containers)
         lab.publish(manifests)
-        settings = device.load_settings(str(lab.config_path))
+        settings = wiring.load_settings(str(lab.config_path))
         cpu, wall, child = [], [], []
-        with device.open_device(settings) as dev:
+        with wiring.open_device(settings) as dev:
             first = dev.reconciler.cycle()
             assert first.result == "converged", first.message
             dev.reconciler.cycle()  # warm: caches filled, crash-loop bookkeeping settled

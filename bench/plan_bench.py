@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler import repo_verbs
+from reconciler.fleet import repo_verbs
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench",

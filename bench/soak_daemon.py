@@ -45,7 +45,8 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import lab_ca, model
+from reconciler import model
+from reconciler.fleet import lab_ca
 from tests.infra.engine import acquire
 from tests.infra.images import ImageFactory, check_busybox
 from tests.infra.registry import LocalRegistry

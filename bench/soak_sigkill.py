@@ -47,7 +47,8 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import model, state, text
+from reconciler import model, text
+from reconciler.core import state
 from tests.infra.engine import acquire
 from tests.infra.images import ImageFactory, check_busybox
 from tests.infra.registry import LocalRegistry

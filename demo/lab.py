@@ -25,7 +25,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from reconciler import labels, model
+from reconciler import model
+from reconciler.core import labels
 from tests.infra import engine
 from tests.infra.images import BusyboxUnusable, ImageFactory, check_busybox
 from tests.infra.registry import LocalRegistry, RegistryError

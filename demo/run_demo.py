@@ -30,7 +30,8 @@ from pathlib import Path
 import docker.errors
 
 from demo import lab
-from reconciler import labels, model
+from reconciler import model
+from reconciler.core import labels
 from tests.infra.registry import LocalRegistry, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -213,7 +213,7 @@ chroot_release "$root"
 log "package tree"
 mkdir -p "$pkg/usr/lib" "$pkg/usr/bin" "$pkg/DEBIAN"
 cp -a "$venv" "$pkg$prefix"
-compgen -G "$pkg$site/reconciler/__pycache__/cli.*.pyc" >/dev/null ||
+compgen -G "$pkg$site/reconciler/cli/__pycache__/__init__.*.pyc" >/dev/null ||
     die "the virtualenv holds no byte-compiled modules"
 # Relative links, so that the tree also works unpacked elsewhere (a chroot, an image build).
 ln -s ../lib/reconciler/bin/reconciler "$pkg/usr/bin/reconciler"

@@ -125,9 +125,10 @@ log "checking the config with the reconciler"
 # Prints: allow_unsigned, trusted_root, labels_dir, labels. Exit 2 with every problem if bad.
 check=$(run_in "$root" /usr/lib/reconciler/bin/python -c '
 import sys
-from reconciler import device, errors
+from reconciler import errors
+from reconciler.device import wiring
 try:
-    s = device.load_settings("/etc/reconciler/config.yaml")
+    s = wiring.load_settings("/etc/reconciler/config.yaml")
 except errors.SettingsError as exc:
     print("\n".join(f"  {p}" for p in exc.problems), file=sys.stderr)
     sys.exit(2)

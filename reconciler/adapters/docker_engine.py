@@ -237,9 +237,7 @@ class DockerEngine:
         doing = f"exec {list(cmd)!r} in container {container_id[:12]}"
         deadline = time.monotonic() + timeout
         with self._boundary(doing):
-            exec_id = self._api.exec_create(container_id, list(cmd), stdout=True, stderr=True)[
-                "Id"
-            ]
+            exec_id = self._api.exec_create(container_id, list(cmd), stdout=True, stderr=True)["Id"]
             stream = self._api.exec_start(exec_id, socket=True)
             # Over a unix socket docker-py hands out a SocketIO whose close() leaves the
             # socket itself open: close that too.
@@ -636,14 +634,13 @@ def _is_gone(error: BaseException | None) -> bool:
 
 def _is_name_conflict(error: BaseException | None) -> bool:
     """The name is taken: Docker answers 409, Podman 4 500 "that name is already in use"."""
-    return (
-        isinstance(error, docker.errors.APIError) and error.status_code == 409
-    ) or _explains(error, "already in use", "already exists")
+    return (isinstance(error, docker.errors.APIError) and error.status_code == 409) or _explains(
+        error, "already in use", "already exists"
+    )
 
 
 def _in_use(error: BaseException | None) -> bool:
     return _explains(error, "is being used", "has associated containers", "in use")
-
 
 
 def _drain(stream: Any, deadline: float) -> bool:

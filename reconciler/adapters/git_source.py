@@ -8,7 +8,7 @@ straight from Git objects. Remotes are the url then its mirrors, tried in order.
 Must not: run a shell (every git call is an argument list), check anything out (no worktree, so
 no symlink can be followed and no hook or filter runs on content), trust the cache (it is only
 a cache: the release signature is verified on every read by the caller), sleep or retry (the
-daemon backs off, see `reconciler.backoff`), log on success, or let a credential embedded in a
+daemon backs off, see `reconciler.core.backoff`), log on success, or let a credential embedded in a
 URL reach a log line, an error message or a metric label (only redacted names leave this module).
 
 Not thread-safe: GitPython keeps one `git cat-file --batch` process per repo; use one GitSource
@@ -29,7 +29,7 @@ import git
 
 from reconciler import errors
 from reconciler import text as text_mod
-from reconciler.urls import branch_problem, redact, scrub, url_problem
+from reconciler.core.urls import branch_problem, redact, scrub, url_problem
 
 DEFAULT_TIMEOUT = 60.0
 

@@ -171,9 +171,9 @@ def test_a_labels_file_past_64_kib_is_read_whole_and_one_past_1_mib_is_an_error(
     padding = "# " + "x" * 100 + "\n"
     (labels_dir / "site.yaml").write_text(padding * 700 + "ring: prod\nrole: gateway\n")
     assert (labels_dir / "site.yaml").stat().st_size > 64 * 1024
-    from reconciler import device
+    from reconciler.device import wiring
 
-    assert device.load_settings(str(config)).labels == {"ring": "prod", "role": "gateway"}
+    assert wiring.load_settings(str(config)).labels == {"ring": "prod", "role": "gateway"}
     (labels_dir / "site.yaml").write_text(padding * 11_000 + "ring: prod\n")
     result = run_cli("once", "--config", str(config))
     assert result.code == 2

@@ -26,7 +26,7 @@ RunCli = Callable[..., Run]
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from reconciler import lab_ca
+    from reconciler.fleet import lab_ca
 
     directory = tmp_path_factory.mktemp("lab") / "ca"
     lab_ca.init(directory)

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler import release, repo_verbs, rollout
+from reconciler.core import release, rollout
+from reconciler.fleet import repo_verbs
 from tests.cli.conftest import FleetRepo, manifest, run_console_script
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

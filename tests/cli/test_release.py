@@ -7,7 +7,8 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 
-from reconciler import release, repo_verbs
+from reconciler.core import release
+from reconciler.fleet import repo_verbs
 from tests.cli.conftest import FleetRepo, run_console_script
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -148,9 +149,9 @@ def test_bad_expires_in_exits_2_and_writes_nothing(fleet, run_cli):
 def test_release_without_a_signer_exits_1_and_leaves_no_unsigned_release(
     fleet, run_cli, monkeypatch
 ):
-    from reconciler import signing
+    from reconciler.adapters import sigstore_signer
 
-    for name in (*signing._CI_MARKERS, "ACTIONS_ID_TOKEN_REQUEST_URL", "SIGSTORE_ID_TOKEN"):
+    for name in (*sigstore_signer._CI_MARKERS, "ACTIONS_ID_TOKEN_REQUEST_URL", "SIGSTORE_ID_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     two_apps(fleet)
     result = run_cli("release", str(fleet.root))

@@ -26,20 +26,19 @@ from typing import Any
 import yaml
 from hypothesis import strategies as st
 
-from reconciler import (
+from reconciler import errors, model
+from reconciler.adapters import docker_translate
+from reconciler.core import (
     desired,
     durations,
-    errors,
     inventory,
     manifests,
-    model,
     policy,
     release,
     safe_yaml,
     settings,
     urls,
 )
-from reconciler.adapters import docker_translate
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 MESSAGE_LIMIT = 1100  # text.MESSAGE_LIMIT plus room for nothing else: every line is cut there

@@ -285,8 +285,7 @@ def acquire(
         if answers(layout.url):
             return EngineLease(url=layout.url)  # usable, but we cannot coordinate: never stop it
         raise EngineUnavailable(
-            f"no {_name(layout)} answers at {layout.url} and its run dir is not "
-            f"usable here: {exc}"
+            f"no {_name(layout)} answers at {layout.url} and its run dir is not usable here: {exc}"
         ) from exc
 
     try:
@@ -358,8 +357,7 @@ def _claim(layout: EngineLayout, owner: str) -> None:
 def _start(layout: EngineLayout, *, owner: str, timeout: float) -> subprocess.Popen[bytes]:
     if os.geteuid() != 0:
         raise EngineUnavailable(
-            f"no {_name(layout)} answers at {layout.url} and starting "
-            f"{layout.program} needs root"
+            f"no {_name(layout)} answers at {layout.url} and starting {layout.program} needs root"
         )
     if shutil.which(layout.program) is None:
         raise EngineUnavailable(

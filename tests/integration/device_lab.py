@@ -25,7 +25,9 @@ import docker
 import docker.errors
 import yaml
 
-from reconciler import model, release, repo_verbs
+from reconciler import model
+from reconciler.core import release
+from reconciler.fleet import repo_verbs
 from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
 from tests.infra.registry import free_port
 
@@ -127,7 +129,7 @@ class DeviceLab:
 
     def sign(self, data: bytes, signer: LabSigner | None = None) -> None:
         """Write the bundle over `data` beside the release (default signer: the lab's)."""
-        from reconciler import lab_ca
+        from reconciler.fleet import lab_ca
 
         using = signer or self.signer
         assert using is not None

@@ -16,7 +16,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from reconciler import model, state
+from reconciler import model
+from reconciler.core import state
 from tests.cli.conftest import CONSOLE_SCRIPT
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry

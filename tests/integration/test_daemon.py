@@ -18,18 +18,10 @@ from typing import Any
 import docker
 import pytest
 
-from reconciler import (
-    cycle,
-    desired,
-    device,
-    executor,
-    health,
-    planner,
-    release,
-    state,
-)
-from reconciler import daemon as daemon_loop
-from reconciler.metrics import Metrics
+from reconciler.core import desired, planner, release
+from reconciler.device import cycle, executor, health, state_store, wiring
+from reconciler.device import daemon as daemon_loop
+from reconciler.device.metrics import Metrics
 from tests.infra.git_server import GitDaemon
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
@@ -268,11 +260,11 @@ def test_a_failure_at_any_step_of_a_cycle_fails_only_that_cycle_and_the_next_one
     port = lab.free_port()
     web = {"name": "web", "image": pages["v1"], "ports": [f"127.0.0.1:{port}:80"]}
     lab.publish({"web": app_manifest("web", [{**web, "env": {"STEP": "start"}}])})
-    settings = device.load_settings(str(lab.config_path))
+    settings = wiring.load_settings(str(lab.config_path))
     counters = Metrics()
     with (
-        state.StateStore(settings.state_dir).lock(),
-        device.open_device(settings, metrics=counters) as dev,
+        state_store.StateStore(settings.state_dir).lock(),
+        wiring.open_device(settings, metrics=counters) as dev,
     ):
         rec = dev.reconciler
         assert rec.cycle().result == "converged"
@@ -328,7 +320,7 @@ def test_the_daemon_lives_through_a_cycle_that_raises_and_backs_off_until_it_wor
     port = lab.free_port()
     web = {"name": "web", "image": pages["v1"], "ports": [f"127.0.0.1:{port}:80"]}
     lab.publish({"web": app_manifest("web", [web])})
-    settings = device.load_settings(str(lab.config_path))
+    settings = wiring.load_settings(str(lab.config_path))
     real_cycle = cycle.Reconciler._cycle
     calls: list[float] = []
 
@@ -341,18 +333,18 @@ def test_the_daemon_lives_through_a_cycle_that_raises_and_backs_off_until_it_wor
         return real_cycle(self, now)
 
     monkeypatch.setattr(cycle.Reconciler, "_cycle", flaky)
-    real_open = device.open_device
+    real_open = wiring.open_device
     opened: list[int] = []
 
     @contextlib.contextmanager
-    def open_twice_failing(*args: Any, **kw: Any) -> Iterator[device.Device]:
+    def open_twice_failing(*args: Any, **kw: Any) -> Iterator[wiring.Device]:
         opened.append(1)
         if len(opened) == 1:
             raise OSError("injected: adapters could not be built")
         with real_open(*args, **kw) as dev:
             yield dev
 
-    monkeypatch.setattr(device, "open_device", open_twice_failing)
+    monkeypatch.setattr(wiring, "open_device", open_twice_failing)
 
     assert daemon_loop.run(str(lab.config_path), settings) == 0
 
@@ -361,7 +353,7 @@ def test_the_daemon_lives_through_a_cycle_that_raises_and_backs_off_until_it_wor
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[0] < gaps[1] < gaps[2], gaps
     assert http_get(port) == "page v1"
-    saved = state.StateStore(settings.state_dir).load()
+    saved = state_store.StateStore(settings.state_dir).load()
     assert saved.last_error is None and saved.apps[0].name == "web"
 
 

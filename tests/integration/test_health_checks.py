@@ -16,9 +16,10 @@ from dataclasses import replace
 
 import pytest
 
-from reconciler import health, model
+from reconciler import model
 from reconciler.adapters.docker_engine import DockerEngine
-from reconciler.settings import HealthSettings
+from reconciler.core.settings import HealthSettings
+from reconciler.device import health
 
 TIMEOUT = 4.0
 STABLE_FOR = 1.0

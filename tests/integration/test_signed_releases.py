@@ -18,7 +18,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from reconciler import lab_ca, model, release
+from reconciler import model
+from reconciler.core import release
+from reconciler.fleet import lab_ca
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
 from tests.integration.device_lab import (

@@ -25,8 +25,9 @@ from typing import Any
 import docker
 import pytest
 
-from reconciler import device, executor, state, status
 from reconciler.adapters.git_source import GitSource
+from reconciler.core import status
+from reconciler.device import executor, state_store, wiring
 from tests.infra.images import ImageFactory
 from tests.infra.registry import LocalRegistry
 from tests.integration.device_lab import (
@@ -100,7 +101,7 @@ def fill(directory: Path) -> Path:
 def prefetch(lab: DeviceLab) -> None:
     """Bring the branch head into the device's Git mirror, as a cycle whose state write then
     failed would have: the next cycle's first write is then a state write."""
-    cache = lab.state_dir / device.GIT_CACHE
+    cache = lab.state_dir / wiring.GIT_CACHE
     with GitSource(cache_dir=cache, urls=[str(lab.fleet.root)], branch="main") as git:
         head = git.head()
         git.ensure(head.commit, head.remote)
@@ -403,10 +404,10 @@ def test_a_broken_env_file_fails_only_its_app_naming_the_file_and_the_rest_goes_
 
 @contextlib.contextmanager
 def in_process(lab: DeviceLab) -> Iterator[Any]:
-    settings = device.load_settings(str(lab.config_path))
+    settings = wiring.load_settings(str(lab.config_path))
     with (
-        state.StateStore(settings.state_dir).lock(),
-        device.open_device(settings) as dev,
+        state_store.StateStore(settings.state_dir).lock(),
+        wiring.open_device(settings) as dev,
     ):
         yield dev.reconciler
 

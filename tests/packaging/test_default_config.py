@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import errors, settings
+from reconciler import errors
+from reconciler.core import settings
 from tests.cli.conftest import CONSOLE_SCRIPT
 from tests.packaging.chroots import PACKAGING
 

@@ -26,7 +26,8 @@ import pytest
 import yaml
 from docker.models.containers import Container
 
-from reconciler import lab_ca, model
+from reconciler import model
+from reconciler.fleet import lab_ca
 from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest, managed
 from tests.packaging import chroots
 from tests.packaging.chroots import Chroot
@@ -213,8 +214,15 @@ def baked_for_podman(
         f"runtime: {{docker_host: '{PODMAN_SOCKET}'}}\n"
     )
     result = bake(
-        deb, base_tarball, top / "rootfs", "--config", str(config), "--engine", "podman",
-        "--no-kernel", "--lab",
+        deb,
+        base_tarball,
+        top / "rootfs",
+        "--config",
+        str(config),
+        "--engine",
+        "podman",
+        "--no-kernel",
+        "--lab",
     )
     assert result.returncode == 0, result.stderr
     rootfs = Chroot(top / "rootfs")
@@ -229,11 +237,17 @@ def test_a_podman_device_gets_podman_its_api_socket_and_restart_service(
     enabled = baked_for_podman.run("systemctl", "is-enabled", *units)
     assert enabled.stdout.split() == ["enabled"] * len(units), enabled.stderr
     installed = baked_for_podman.run(
-        "dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", "podman", "netavark",
+        "dpkg-query",
+        "-W",
+        "-f=${Package} ${db:Status-Status}\n",
+        "podman",
+        "netavark",
         "aardvark-dns",
     )
     assert sorted(installed.stdout.splitlines()) == [
-        "aardvark-dns installed", "netavark installed", "podman installed"
+        "aardvark-dns installed",
+        "netavark installed",
+        "podman installed",
     ]
     assert not (baked_for_podman.root / "lib/systemd/system/docker.service").exists()
     verify = baked_for_podman.run("systemd-analyze", "verify", "reconciler.service")
@@ -248,8 +262,14 @@ def test_the_recipe_refuses_a_podman_device_whose_config_names_another_engine(
     )
     out = tmp_path / "rootfs"
     result = bake(
-        deb, base_tarball, out, "--config", str(tmp_path / "config.yaml"), "--engine",
-        "podman", "--lab",
+        deb,
+        base_tarball,
+        out,
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--engine",
+        "podman",
+        "--lab",
     )
     assert result.returncode != 0
     assert f"a Podman device needs {PODMAN_SOCKET}" in result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import settings
+from reconciler.core import settings
 from tests.packaging.chroots import PACKAGING
 from tests.packaging.conftest import unavailable
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from reconciler import backoff
+from reconciler.core import backoff
 
 
 def test_delay_doubles_from_initial_without_jitter() -> None:

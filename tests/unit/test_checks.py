@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import _checks, errors
+from reconciler import errors
+from reconciler.core import _checks
 
 FILE = "some/file.yaml"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from reconciler import crash_loops, model
+from reconciler import model
+from reconciler.core import crash_loops
 
 T0 = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
 SPEC = model.ContainerSpec(name="web", image="r.example/web:1")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import daemon, device, errors, settings
+from reconciler import errors
+from reconciler.core import settings
+from reconciler.device import daemon, wiring
 
 
 def load(url: str = "/srv/fleet", **extra: str) -> settings.DeviceSettings:
@@ -28,7 +30,7 @@ def load(url: str = "/srv/fleet", **extra: str) -> settings.DeviceSettings:
     ],
 )
 def test_only_a_local_source_is_watched(url, path):
-    found = device.local_source_path(load(url))
+    found = wiring.local_source_path(load(url))
     assert (str(found) if found else None) == path
 
 
@@ -43,7 +45,7 @@ def test_label_files_merge_in_name_order_over_the_config_labels(tmp_path: Path):
         f"  labels_dir: {tmp_path / 'labels.d'}\n"
         "source:\n  url: /srv/fleet\ntrust:\n  allow_unsigned: true\n"
     )
-    loaded = device.load_settings(str(config))
+    loaded = wiring.load_settings(str(config))
     assert loaded.labels == {"role": "gateway", "ring": "prod", "site": "berlin"}
 
 
@@ -56,12 +58,12 @@ def test_a_bad_label_file_is_named_in_the_error(tmp_path: Path):
         "source:\n  url: /srv/fleet\ntrust:\n  allow_unsigned: true\n"
     )
     with pytest.raises(errors.SettingsError) as caught:
-        device.load_settings(str(config))
+        wiring.load_settings(str(config))
     assert "10-a.yaml" in str(caught.value)
 
 
 def test_a_missing_labels_dir_adds_no_labels(tmp_path: Path):
-    assert device.read_label_files(str(tmp_path / "absent")) == []
+    assert wiring.read_label_files(str(tmp_path / "absent")) == []
 
 
 def test_polls_are_jittered_around_the_interval():
@@ -90,11 +92,11 @@ def test_sync_with_a_stale_pid_file_says_the_process_is_gone(tmp_path: Path):
 
 
 def test_a_parser_crash_while_loading_names_the_config_and_the_labels_dir():
-    problem = device.load_failure("/etc/r/config.yaml", "/etc/r/labels.d", ValueError("bad\nx"))
+    problem = wiring.load_failure("/etc/r/config.yaml", "/etc/r/labels.d", ValueError("bad\nx"))
     assert problem == (
         "/etc/r/config.yaml or a file in /etc/r/labels.d: cannot be loaded: ValueError: bad\\nx"
     )
-    assert device.load_failure("/c.yaml", None, KeyError("k")).startswith("/c.yaml: cannot")
+    assert wiring.load_failure("/c.yaml", None, KeyError("k")).startswith("/c.yaml: cannot")
 
 
 def test_reload_keeps_the_current_settings_whatever_the_new_files_raise(tmp_path: Path):
@@ -105,7 +107,7 @@ def test_reload_keeps_the_current_settings_whatever_the_new_files_raise(tmp_path
         f"device:\n  labels_dir: {labels}\nsource:\n  url: /srv/fleet\n"
         "trust:\n  allow_unsigned: true\n"
     )
-    current = device.load_settings(str(config))
+    current = wiring.load_settings(str(config))
     for bad in (b"role: \x00x\n", b"[" * 5000, b"\xff\xfe\x00", b"a: !!int abc\n"):
         (labels / "10-bad.yaml").write_bytes(bad)
         assert daemon._reload(str(config), current) is current

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from reconciler import errors, health, manifests, model
+from reconciler import errors, model
 from reconciler.adapters.docker_translate import HealthInfo
-from reconciler.health import Assessment, ContainerWatch, Observation, ProbeResult, State
-from reconciler.settings import HealthSettings
+from reconciler.core import manifests
+from reconciler.core.settings import HealthSettings
+from reconciler.device import health
+from reconciler.device.health import Assessment, ContainerWatch, Observation, ProbeResult, State
 
 # --- helpers ---------------------------------------------------------------------------------
 

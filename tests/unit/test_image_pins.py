@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import image_pins
 from reconciler.errors import ProblemsError
+from reconciler.fleet import image_pins
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import errors, inventory
+from reconciler import errors
+from reconciler.core import inventory
 
 PATH = "devices/inventory.yaml"
 

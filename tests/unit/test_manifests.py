@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import errors, manifests, model
+from reconciler import errors, model
+from reconciler.core import manifests
 
 PATH = "apps/gw/app.yaml"
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.metrics import (
+from reconciler.device.metrics import (
     APP_STATES,
     CYCLE_RESULTS,
     VERIFICATION_REASONS,
@@ -470,7 +470,7 @@ def test_known_apps_get_their_per_app_series_at_zero():
 
 
 def test_status_reads_the_last_fetch_time_from_a_running_daemons_endpoint() -> None:
-    from reconciler.metrics import read_last_fetch
+    from reconciler.device.metrics import read_last_fetch
 
     metrics = Metrics()
     server = metrics.serve("127.0.0.1:0")

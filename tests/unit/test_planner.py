@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import model, planner
+from reconciler import model
+from reconciler.core import planner
 
 Kind = model.ActionKind
 NS = "edge"

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from reconciler import errors, model, policy
+from reconciler import errors, model
+from reconciler.core import policy
 
 DIGEST = "sha256:" + "ab" * 32
 PATH = "apps/gw/app.yaml"

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import errors, release
+from reconciler import errors
+from reconciler.core import release
 
 NOW = datetime(2026, 11, 23, 10, 0, 0, 654321, tzinfo=UTC)
 GW = "apps/gw/app.yaml"

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import model, rollout
+from reconciler import model
+from reconciler.core import rollout
 
 SINCE = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 HOUR = 3600.0

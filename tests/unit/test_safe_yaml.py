@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from reconciler import errors, safe_yaml
+from reconciler import errors
+from reconciler.core import safe_yaml
 
 PARSERS = pytest.mark.parametrize("pure_python", [False, True], ids=["libyaml", "python"])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import sdnotify
+from reconciler.device import sdnotify
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from reconciler import model, selection
+from reconciler import model
+from reconciler.core import selection
 
 
 def sel(labels: dict[str, str] | None = None, *exprs: model.Requirement) -> model.Selector:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import errors, model, settings
+from reconciler import errors, model
+from reconciler.core import settings
 
 FILE = "/etc/reconciler/config.yaml"
 SOURCE = "source: {url: https://git.example.com/fleet.git}\n"

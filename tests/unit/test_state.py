@@ -16,17 +16,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import state
-from reconciler.errors import ReconcilerError
-from reconciler.state import (
+from reconciler.core import state
+from reconciler.core.state import (
     AppliedApp,
     DeviceState,
     HeldBack,
     StateError,
-    StateLocked,
-    StateStore,
     Transaction,
 )
+from reconciler.device import state_store
+from reconciler.device.state_store import StateLocked, StateStore
+from reconciler.errors import ReconcilerError
 
 MANIFEST = b"apiVersion: reconciler/v1\nkind: App\nmetadata:\n  name: gw\n"
 REVISION = hashlib.sha256(MANIFEST).hexdigest()
@@ -267,7 +267,7 @@ def test_another_process_holding_the_lock_is_named_by_its_pid(tmp_path: Path) ->
     script = textwrap.dedent(
         """
         import sys
-        from reconciler.state import StateStore
+        from reconciler.device.state_store import StateStore
         with StateStore(sys.argv[1]).lock():
             print("locked", flush=True)
             sys.stdin.read()
@@ -322,5 +322,5 @@ def test_a_failed_save_names_the_file_it_could_not_write(tmp_path: Path) -> None
 def test_a_writable_state_dir_has_no_write_problem_and_a_missing_one_none_yet(
     tmp_path: Path,
 ) -> None:
-    assert state.write_problem(tmp_path) is None
-    assert state.write_problem(tmp_path / "not-yet") is None
+    assert state_store.write_problem(tmp_path) is None
+    assert state_store.write_problem(tmp_path / "not-yet") is None

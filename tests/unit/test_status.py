@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler import model, state, status
+from reconciler import model
+from reconciler.core import state, status
 
 REV = "a" * 64
 OLD = "b" * 64

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from demo import run_demo
-from reconciler import cli, manifests
+from reconciler import cli
+from reconciler.core import manifests
 from tests.cli.conftest import Run
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "fleet-repo-template"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import urls
+from reconciler.core import urls
 
 
 @pytest.mark.parametrize(

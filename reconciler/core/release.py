@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from reconciler import errors, labels
+from reconciler import errors
+from reconciler.core import labels
 
 SCHEMA = "reconciler/release/v1"
 RELEASE_PATH = ".fleet/release.json"

@@ -17,17 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from reconciler import (
-    checkout,
-    desired,
-    inventory,
-    labels,
-    manifests,
-    model,
-    release,
-    text,
-    verification,
-)
+from reconciler import model, text
+from reconciler.adapters import checkout, sigstore_verifier
+from reconciler.core import desired, inventory, labels, manifests, release
 from reconciler.errors import Problem, ProblemsError
 
 INVENTORY_PATH = inventory.PATH
@@ -94,7 +86,7 @@ def validate(root: Path, *, out: TextIO | None = None, err: TextIO | None = None
         except ProblemsError as exc:
             problems += exc.problems
     if snapshot is not None:
-        bundle = snapshot.problem(release.BUNDLE_PATH, limit=verification.MAX_BUNDLE_BYTES)
+        bundle = snapshot.problem(release.BUNDLE_PATH, limit=sigstore_verifier.MAX_BUNDLE_BYTES)
         problems += [bundle] if bundle is not None else []
         read = [*files, *_present(snapshot, [INVENTORY_PATH, *_FLEET_FILES])]
         problems += snapshot.transformed(read)

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from reconciler import checkout, release, text, verification
+from reconciler import text
+from reconciler.adapters import checkout, sigstore_verifier
+from reconciler.core import release
+from reconciler.core.settings import TrustConfig
 from reconciler.errors import Problem, ProblemsError, ReconcilerError, VerificationError
-from reconciler.settings import TrustConfig
 
 
 def verify(
@@ -48,7 +50,7 @@ def verify(
         return 1
     fleet_files = {
         release.RELEASE_PATH: release.MAX_BYTES,
-        release.BUNDLE_PATH: verification.MAX_BUNDLE_BYTES,
+        release.BUNDLE_PATH: sigstore_verifier.MAX_BUNDLE_BYTES,
     }
     # Rewritten by .gitattributes, the committed bytes would not be the signed ones.
     problems = snapshot.transformed(list(fleet_files))
@@ -71,7 +73,7 @@ def verify(
             file=err,
         )
     else:
-        checker = verification.ReleaseVerifier(
+        checker = sigstore_verifier.ReleaseVerifier(
             identities=[(i.identity, i.issuer) for i in trust.identities],
             trusted_root=trust.trusted_root,
         )
@@ -155,11 +157,11 @@ def sign_written_release(
     err: TextIO | None = None,
 ) -> int:
     """Sign the release bytes just written and put the bundle beside them; 0 or 1."""
-    from reconciler import signing
+    from reconciler.adapters import sigstore_signer
 
     err = err or sys.stderr
     try:
-        bundle = signing.sign_release(data, lab_ca=lab_ca, identity=identity, issuer=issuer)
+        bundle = sigstore_signer.sign_release(data, lab_ca=lab_ca, identity=identity, issuer=issuer)
     except ReconcilerError as exc:
         print(f"release: signing failed, {release.BUNDLE_PATH} not written: {exc}", file=err)
         return 1
@@ -204,7 +206,7 @@ def remove_stale_bundle(root: Path, *, err: TextIO | None = None) -> None:
 
 
 def lab_ca_init(directory: Path, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from reconciler import lab_ca
+    from reconciler.fleet import lab_ca
 
     try:
         lab_ca.init(directory)

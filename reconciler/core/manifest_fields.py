@@ -15,7 +15,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from reconciler import _checks, model
+from reconciler import model
+from reconciler.core import _checks
 
 _HEALTH_KINDS = ("http", "tcp", "exec", "docker")
 _HEALTH_TIMING = ("interval", "start_period", "failure_threshold")

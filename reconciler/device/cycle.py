@@ -18,21 +18,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from reconciler import (
-    crash_loops,
-    desired,
-    executor,
-    health,
-    logs,
-    manifests,
-    model,
-    planner,
-    policy,
-    release,
-    state,
-    text,
-    verification,
-)
+from reconciler import logs, model, text
+from reconciler.adapters import sigstore_verifier
+from reconciler.core import crash_loops, desired, manifests, planner, policy, release, state
+from reconciler.core.settings import DeviceSettings
+from reconciler.core.urls import redact
+from reconciler.device import executor, health, state_store
 from reconciler.errors import (
     ApplyError,
     EngineError,
@@ -44,11 +35,9 @@ from reconciler.errors import (
     RevisionRejected,
     VerificationError,
 )
-from reconciler.settings import DeviceSettings
-from reconciler.urls import redact
 
 if TYPE_CHECKING:
-    from reconciler.metrics import Metrics
+    from reconciler.device.metrics import Metrics
 
 _log = logging.getLogger("reconciler.cycle")
 
@@ -128,7 +117,7 @@ class Reconciler:
         labels: Mapping[str, str],
         git: GitPort,
         engine: executor.Engine,
-        store: state.StateStore,
+        store: state_store.StateStore,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -137,7 +126,7 @@ class Reconciler:
         self.engine = engine
         self.store = store
         self.metrics = metrics
-        self.verifier = verification.ReleaseVerifier(
+        self.verifier = sigstore_verifier.ReleaseVerifier(
             identities=[(i.identity, i.issuer) for i in settings.trust.identities],
             trusted_root=settings.trust.trusted_root,
         )
@@ -446,7 +435,7 @@ class Reconciler:
         if not self.settings.trust.allow_unsigned:
             # Nothing of an unverified release is parsed or trusted, not even its pins.
             bundle = self.git.read(
-                commit, release.BUNDLE_PATH, max_bytes=verification.MAX_BUNDLE_BYTES
+                commit, release.BUNDLE_PATH, max_bytes=sigstore_verifier.MAX_BUNDLE_BYTES
             )
             signer = self.verifier.verify(data, bundle, file=release.RELEASE_PATH)
             logs.event(

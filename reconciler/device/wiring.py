@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import errors, safe_yaml, settings, state, text
+from reconciler import errors, text
+from reconciler.core import safe_yaml, settings
+from reconciler.device import state_store
 
 if TYPE_CHECKING:
     from reconciler.adapters.docker_engine import DockerEngine
     from reconciler.adapters.git_source import GitSource
-    from reconciler.cycle import Reconciler
-    from reconciler.metrics import Metrics
+    from reconciler.device.cycle import Reconciler
+    from reconciler.device.metrics import Metrics
 
 GIT_CACHE = "mirror.git"  # the bare cache repo inside state_dir
 # The limit of every YAML file: safe_yaml refuses a bigger one by name, never truncated.
@@ -85,7 +87,7 @@ class Device:
     """The adapters of one device and the Reconciler running on them."""
 
     settings: settings.DeviceSettings
-    store: state.StateStore
+    store: state_store.StateStore
     git: GitSource
     engine: DockerEngine
     reconciler: Reconciler
@@ -98,9 +100,9 @@ def open_device(
     """Adapters for `device_settings`, closed on exit. The caller holds the state lock."""
     from reconciler.adapters.docker_engine import DockerEngine
     from reconciler.adapters.git_source import GitSource
-    from reconciler.cycle import Reconciler
+    from reconciler.device.cycle import Reconciler
 
-    store = state.StateStore(device_settings.state_dir)
+    store = state_store.StateStore(device_settings.state_dir)
     git = GitSource(
         cache_dir=Path(device_settings.state_dir) / GIT_CACHE,
         urls=source_urls(device_settings),

@@ -25,11 +25,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from reconciler import backoff, device, logs, sdnotify, settings, state, text
+from reconciler import logs, text
+from reconciler.core import backoff, settings
+from reconciler.device import sdnotify, state_store, wiring
 from reconciler.errors import SettingsError
 
 if TYPE_CHECKING:
-    from reconciler.metrics import Metrics
+    from reconciler.device.metrics import Metrics
 
 _log = logging.getLogger("reconciler.daemon")
 
@@ -96,9 +98,9 @@ class Wakeups:
 
 def run(config_path: str, device_settings: settings.DeviceSettings) -> int:
     """Run until SIGTERM; returns the exit code (0 on a clean stop)."""
-    from reconciler.metrics import Metrics
+    from reconciler.device.metrics import Metrics
 
-    store = state.StateStore(device_settings.state_dir)
+    store = state_store.StateStore(device_settings.state_dir)
     wakeups = Wakeups()
     with (
         contextlib.closing(wakeups),
@@ -106,7 +108,7 @@ def run(config_path: str, device_settings: settings.DeviceSettings) -> int:
         _pid_file(Path(device_settings.state_dir)),
         _signals(wakeups),
     ):
-        metrics = Metrics(remotes=device.source_urls(device_settings))
+        metrics = Metrics(remotes=wiring.source_urls(device_settings))
         server = metrics.serve(device_settings.metrics.listen)
         watcher = _Watcher(config_path, device_settings, wakeups)
         watcher.start()
@@ -147,14 +149,14 @@ def _loop(
     reason = "start"
     ready = False
     crashes = 0  # rounds in a row that failed outside a cycle
-    dev: device.Device | None = None
+    dev: wiring.Device | None = None
     adapters = contextlib.ExitStack()
     try:
         while not wakeups.stop:
             logs.event(_log, logging.INFO, "cycle.start", trigger=reason)
             try:
                 if dev is None:
-                    dev = adapters.enter_context(device.open_device(current, metrics=metrics))
+                    dev = adapters.enter_context(wiring.open_device(current, metrics=metrics))
                 _round(dev, current)
                 crashes = 0
             except Exception as exc:  # the daemon's last net: log, count, back off, go on
@@ -191,7 +193,7 @@ def _loop(
         adapters.close()
 
 
-def _round(dev: device.Device, current: settings.DeviceSettings) -> None:
+def _round(dev: wiring.Device, current: settings.DeviceSettings) -> None:
     """One wake-up: a rollback asked for by `reconciler rollback`, then a cycle."""
     request = Path(current.state_dir) / ROLLBACK_REQUEST
     if request.exists():
@@ -250,7 +252,7 @@ def _reload(config_path: str, current: settings.DeviceSettings) -> settings.Devi
     invalid, unreadable or crashes its parser (logged; `status` reads the same files and
     shows the problem)."""
     try:
-        fresh = device.load_settings(config_path)
+        fresh = wiring.load_settings(config_path)
     except SettingsError as exc:
         for problem in exc.problems:
             logs.event(
@@ -266,7 +268,7 @@ def _reload(config_path: str, current: settings.DeviceSettings) -> settings.Devi
             _log,
             logging.ERROR,
             "config.invalid",
-            problem=device.load_failure(config_path, current.device.labels_dir, exc),
+            problem=wiring.load_failure(config_path, current.device.labels_dir, exc),
             action="kept the previous config",
             exc_info=exc,
         )
@@ -349,7 +351,7 @@ class _Watcher:
         targets = {self._config.parent: "config"}
         if current.device.labels_dir:
             targets[Path(current.device.labels_dir).absolute()] = "labels"
-        source = device.local_source_path(current)
+        source = wiring.local_source_path(current)
         if source is not None:
             targets[source.absolute()] = "source"
         return {path: kind for path, kind in targets.items() if path.exists()}

@@ -26,7 +26,8 @@ import hashlib
 import itertools
 from collections.abc import Mapping
 
-from reconciler import _checks, durations, errors, labels, manifest_fields, model, safe_yaml
+from reconciler import errors, model
+from reconciler.core import _checks, durations, labels, manifest_fields, safe_yaml
 
 API_VERSION = "reconciler/v1"
 KIND = "App"

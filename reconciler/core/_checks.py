@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import durations, errors, labels
+from reconciler import errors
+from reconciler.core import durations, labels
 
 # Keys shown bare in a field path; any other key is JSON-quoted in brackets (join_quoted).
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_./-]+")

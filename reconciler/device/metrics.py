@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from reconciler import logs
-from reconciler.urls import redact, scrub
+from reconciler.core.urls import redact, scrub
 
 CYCLE_RESULTS = ("converged", "unchanged", "failed", "rolled_back")
 VERIFICATION_REASONS = (

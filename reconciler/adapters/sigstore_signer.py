@@ -59,7 +59,7 @@ def _sign_with_lab_ca(
             "signing with --lab-ca needs the identity and the issuer to put in the certificate "
             "(--identity, --issuer): the ones the devices' trust.identities pin"
         )
-    from reconciler import lab_ca
+    from reconciler.fleet import lab_ca
 
     try:
         return lab_ca.sign(directory, data, identity=identity, issuer=issuer)

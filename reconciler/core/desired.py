@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from reconciler import model, rollout, selection
+from reconciler import model
+from reconciler.core import rollout, selection
 
 Decision = Literal["run", "keep", "skip"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from reconciler import manifests, safe_yaml
+from reconciler.core import manifests, safe_yaml
 from reconciler.errors import Problem, ProblemsError
 
 APPS_DIR = "apps"

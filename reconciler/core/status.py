@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler import model, state
+from reconciler import model
+from reconciler.core import state
 
 
 def report(

@@ -1,7 +1,7 @@
-"""Child process of `reconciler.verification`: one verification, then exit.
+"""Child process of `reconciler.adapters.sigstore_verifier`: one verification, then exit.
 
 Reads a JSON request on stdin, writes a JSON answer on stdout, exits 0 only when the release
-verified. Lives in its own process so the daemon never imports sigstore (see verification.py).
+verified. Lives in its own process so the daemon never imports sigstore (see sigstore_verifier.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from reconciler.verification import verify_request
+from reconciler.adapters.sigstore_verifier import verify_request
 
 
 def main() -> int:

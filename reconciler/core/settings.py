@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import _checks, errors, labels, model, safe_yaml, text, urls
+from reconciler import errors, model, text
+from reconciler.core import _checks, labels, safe_yaml, urls
 
 DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"

@@ -1,8 +1,8 @@
 """Is this release signed by a trusted identity? (SPEC 2.2, device side)
 
 Owns the device's trust decision over the exact bytes of `.fleet/release.json` and its sigstore
-bundle. The sigstore Verifier itself runs in a short-lived child process
-(`python -m reconciler._verify_child`): importing `sigstore.verify` costs ~47 MB of resident
+bundle. The sigstore Verifier itself runs in a short-lived child process (`python -m
+reconciler.adapters.sigstore_child`): importing `sigstore.verify` costs ~47 MB of resident
 memory for the life of a process, and a daemon that verifies only when a new release appears
 should not carry that. The child costs ~0.3 s per new release; results are cached by the digests
 of both files, so an unchanged release is never verified twice by one daemon.
@@ -29,7 +29,7 @@ from reconciler.errors import VerificationError
 BUNDLE_SUFFIX = ".sigstore.json"
 MAX_BUNDLE_BYTES = 256 * 1024
 CHILD_TIMEOUT = 60.0
-CHILD_MODULE = "reconciler._verify_child"
+CHILD_MODULE = "reconciler.adapters.sigstore_child"
 
 
 class VerifierDidNotRun(VerificationError):

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reconciler import checkout, manifests
+from reconciler.adapters import checkout
+from reconciler.core import manifests
 from reconciler.errors import Problem, ProblemsError
 
 Resolver = Callable[[str], str]  # image ref -> "sha256:..." digest

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from reconciler import backoff, logs, model
+from reconciler import logs, model
+from reconciler.core import backoff
 
 FORGIVEN_AFTER = 600.0  # seconds up after a recreate before back-off starts over
 INITIAL_WAIT = 10.0

@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import __version__, durations
+from reconciler import __version__
+from reconciler.core import durations
 from reconciler.errors import ProblemsError
 
 if TYPE_CHECKING:
-    from reconciler.cycle import CycleOutcome, Reconciler
-    from reconciler.settings import DeviceSettings
+    from reconciler.core.settings import DeviceSettings
+    from reconciler.device.cycle import CycleOutcome, Reconciler
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -131,12 +132,13 @@ def _device_settings(args: argparse.Namespace, verb: str) -> tuple[str, DeviceSe
     """(config path, settings), or the exit code after printing every config problem."""
     import os
 
-    from reconciler import device, settings
+    from reconciler.core import settings
+    from reconciler.device import wiring
     from reconciler.errors import SettingsError
 
     path = settings.config_path(args.config, os.environ)
     try:
-        return path, device.load_settings(path)
+        return path, wiring.load_settings(path)
     except SettingsError as exc:
         print(f"{verb}: bad config, nothing was done:", file=sys.stderr)
         for problem in exc.problems:
@@ -149,8 +151,10 @@ def _on_device(
 ) -> CycleOutcome | int:
     """Load the config, take the state lock, open the adapters and `act`; an exit code when
     any of that fails (StateLocked propagates: `rollback` hands over to a running daemon)."""
-    from reconciler import device, logs
-    from reconciler.state import StateError, StateStore
+    from reconciler import logs
+    from reconciler.core.state import StateError
+    from reconciler.device import wiring
+    from reconciler.device.state_store import StateStore
 
     loaded = _device_settings(args, verb)
     if isinstance(loaded, int):
@@ -160,7 +164,7 @@ def _on_device(
     try:
         with (
             StateStore(device_settings.state_dir).lock(),
-            device.open_device(device_settings) as dev,
+            wiring.open_device(device_settings) as dev,
         ):
             return act(dev.reconciler)
     except (StateError, OSError) as exc:
@@ -169,7 +173,7 @@ def _on_device(
 
 
 def _once(args: argparse.Namespace) -> int:
-    from reconciler.state import StateLocked
+    from reconciler.device.state_store import StateLocked
 
     try:
         outcome = _on_device(args, "once", lambda r: r.cycle())
@@ -183,8 +187,10 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from reconciler import daemon, logs
-    from reconciler.state import StateError, StateLocked
+    from reconciler import logs
+    from reconciler.core.state import StateError
+    from reconciler.device import daemon
+    from reconciler.device.state_store import StateLocked
 
     loaded = _device_settings(args, "run")
     if isinstance(loaded, int):
@@ -202,8 +208,9 @@ def _status(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
 
-    from reconciler import daemon, state, status
     from reconciler.adapters.docker_engine import DockerEngine
+    from reconciler.core import state, status
+    from reconciler.device import daemon, state_store
     from reconciler.errors import EngineError
 
     loaded = _status_settings(args)
@@ -211,7 +218,7 @@ def _status(args: argparse.Namespace) -> int:
         return loaded
     ds, config_error = loaded
     try:
-        saved = state.StateStore(ds.state_dir).load()
+        saved = state_store.StateStore(ds.state_dir).load()
     except (state.StateError, OSError) as exc:
         print(f"status: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -228,7 +235,7 @@ def _status(args: argparse.Namespace) -> int:
         engine.close()
     fetched = None
     if daemon.running_pid(ds.state_dir) is not None:
-        from reconciler import metrics  # prometheus_client: only when a daemon may answer
+        from reconciler.device import metrics  # prometheus_client: only when a daemon may answer
 
         seconds = metrics.read_last_fetch(ds.metrics.listen)
         if seconds is not None:
@@ -240,7 +247,7 @@ def _status(args: argparse.Namespace) -> int:
         observed=observed,
         volumes=volumes,
         engine_error=engine_error,
-        state_dir_error=state.write_problem(ds.state_dir),
+        state_dir_error=state_store.write_problem(ds.state_dir),
         fetched_by_daemon=fetched,
         config_error=config_error,
     )
@@ -261,12 +268,14 @@ def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | No
     import os
     import socket
 
-    from reconciler import device, settings, text
+    from reconciler import text
+    from reconciler.core import settings
+    from reconciler.device import wiring
     from reconciler.errors import SettingsError
 
     path = settings.config_path(args.config, os.environ)
     try:
-        return device.load_settings(path), None
+        return wiring.load_settings(path), None
     except SettingsError as exc:
         failure: Exception = exc
     except Exception as exc:  # a parser crash on a hostile labels.d file
@@ -279,13 +288,13 @@ def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | No
     if isinstance(failure, SettingsError):
         problem = text.one_line("; ".join(str(p) for p in failure.problems))
     else:
-        problem = device.load_failure(path, alone.device.labels_dir, failure)
+        problem = wiring.load_failure(path, alone.device.labels_dir, failure)
     return alone, problem
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from reconciler import daemon
-    from reconciler.state import StateLocked
+    from reconciler.device import daemon
+    from reconciler.device.state_store import StateLocked
 
     try:
         outcome = _on_device(args, "rollback", lambda r: r.roll_back_by_hand())
@@ -306,7 +315,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from reconciler import daemon
+    from reconciler.device import daemon
 
     loaded = _device_settings(args, "sync")
     if isinstance(loaded, int):
@@ -404,13 +413,13 @@ def _add_repo_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from reconciler import repo_verbs
+    from reconciler.fleet import repo_verbs
 
     return repo_verbs.validate(Path(args.repo))
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from reconciler import repo_verbs
+    from reconciler.fleet import repo_verbs
 
     try:
         if args.inventory:
@@ -426,7 +435,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from reconciler import repo_verbs
+    from reconciler.fleet import repo_verbs
 
     try:
         expires_in = durations.parse_duration(args.expires_in)
@@ -440,11 +449,12 @@ def _release(args: argparse.Namespace) -> int:
         print("release: --lab-ca needs --identity and --issuer", file=sys.stderr)
         return EXIT_CONFIG
     root = Path(args.repo)
-    from reconciler import release, trust_verbs
+    from reconciler.core import release
+    from reconciler.fleet import trust_verbs
 
     images = None
     if args.resolve_images:
-        from reconciler import image_pins
+        from reconciler.fleet import image_pins
 
         try:
             images = image_pins.resolve(root)
@@ -475,7 +485,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from reconciler import trust_verbs
+    from reconciler.fleet import trust_verbs
 
     loaded = _device_settings(args, "verify")
     if isinstance(loaded, int):
@@ -484,6 +494,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _lab_ca(args: argparse.Namespace) -> int:
-    from reconciler import trust_verbs
+    from reconciler.fleet import trust_verbs
 
     return trust_verbs.lab_ca_init(Path(args.directory))

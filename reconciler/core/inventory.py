@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler import _checks, errors, labels, safe_yaml
+from reconciler import errors
+from reconciler.core import _checks, labels, safe_yaml
 
 PATH = "devices/inventory.yaml"
 

@@ -78,7 +78,7 @@ from typing import Protocol
 
 from reconciler import errors, logs, model
 from reconciler.adapters.docker_translate import HealthInfo
-from reconciler.settings import HealthSettings
+from reconciler.core.settings import HealthSettings
 
 _log = logging.getLogger("reconciler.health")
 
