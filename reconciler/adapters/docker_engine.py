@@ -65,11 +65,11 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
-from reconciler import errors, model
+from reconciler import errors, model, ports
 from reconciler.adapters import docker_translate as tr
 
 ProgressFn = Callable[[str], None]
-HealthInfo = tr.HealthInfo
+HealthInfo = ports.HealthInfo
 
 
 _log = logging.getLogger("reconciler.engine")
@@ -583,7 +583,7 @@ class DockerEngine:
                     timeout=5,
                 )
 
-    # --- what the executor calls (executor.Engine) ----------------------------------------
+    # --- what the executor calls (ports.ApplyEngine) ----------------------------------------
 
     def create_and_start(
         self,

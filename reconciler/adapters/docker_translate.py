@@ -22,9 +22,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from reconciler import errors, model
+from reconciler.ports import HealthInfo
 
 DEFAULT_PREFIX = "reconciler"  # names when the namespace is "" (the default)
 MAX_ENV_FILE_BYTES = 1024 * 1024
@@ -37,15 +38,6 @@ OUR_LABELS = (
     model.LABEL_SPEC_DIGEST,
 )
 _STATUS_EXIT_CODE = re.compile(r"^Exited \((-?\d+)\)")
-
-
-class HealthInfo(NamedTuple):
-    """What the health step reads from one container's inspect result."""
-
-    status: str  # State.Status: created, running, restarting, paused, exited, dead
-    health: str | None  # State.Health.Status (starting, healthy, unhealthy) or None: no HEALTHCHECK
-    restart_count: int
-    exit_code: int
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from reconciler.errors import VerificationError
+from reconciler.ports import Signer
 
 BUNDLE_SUFFIX = ".sigstore.json"
 MAX_BUNDLE_BYTES = 256 * 1024
@@ -34,14 +34,6 @@ CHILD_MODULE = "reconciler.adapters.sigstore_child"
 
 class VerifierDidNotRun(VerificationError):
     """The child could not be started or timed out: refused now, tried again next cycle."""
-
-
-@dataclass(frozen=True)
-class Signer:
-    """Who signed: the identity and issuer of the bundle's certificate that matched."""
-
-    identity: str
-    issuer: str
 
 
 class ReleaseVerifier:

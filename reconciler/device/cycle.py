@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
-from reconciler import logs, model, text
+from reconciler import logs, model, ports, text
 from reconciler.adapters import sigstore_verifier
 from reconciler.core import crash_loops, desired, manifests, planner, policy, release, state
 from reconciler.core.settings import DeviceSettings
@@ -45,20 +45,6 @@ Result = Literal["converged", "unchanged", "failed", "rolled_back"]
 EXIT_CODES: dict[Result, int] = {"converged": 0, "unchanged": 0, "failed": 1, "rolled_back": 3}
 MAX_MANIFEST_BYTES = 1024 * 1024
 SETTLE_SECONDS = 30.0  # longest wait for removals the engine is still doing
-
-
-class RemoteHeadLike(Protocol):
-    commit: str
-    remote: str
-    failures: tuple[tuple[str, str], ...]
-
-
-class GitPort(Protocol):
-    """What the cycle needs of `adapters.git_source.GitSource`."""
-
-    def head(self) -> RemoteHeadLike: ...
-    def ensure(self, commit: str, remote: str) -> None: ...
-    def read(self, commit: str, path: str, *, max_bytes: int) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -115,8 +101,8 @@ class Reconciler:
         *,
         settings: DeviceSettings,
         labels: Mapping[str, str],
-        git: GitPort,
-        engine: executor.Engine,
+        git: ports.FleetSource,
+        engine: ports.ContainerEngine,
         store: state_store.StateStore,
         metrics: Metrics | None = None,
     ) -> None:

@@ -12,31 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from reconciler import logs, model
 from reconciler.errors import ApplyError, EngineError
+from reconciler.ports import ApplyEngine
 
 _log = logging.getLogger("reconciler.apply")
-
-
-class Engine(Protocol):
-    """What the executor needs of `adapters.docker_engine.DockerEngine`."""
-
-    def image_present(self, ref: str) -> bool: ...
-    def pull(self, ref: str, *, progress: Callable[[str], None] | None = None) -> None: ...
-    def create_and_start(
-        self, desired: model.DesiredContainer, *, env_file_values: Mapping[str, str] | None
-    ) -> str: ...
-    def replace(
-        self,
-        old: model.ObservedContainer,
-        desired: model.DesiredContainer,
-        *,
-        env_file_values: Mapping[str, str] | None,
-    ) -> str: ...
-    def remove_container(self, observed: model.ObservedContainer) -> None: ...
-    def remove_unused_networks(self, apps: Sequence[str]) -> None: ...
 
 
 @dataclass
@@ -48,7 +29,7 @@ class ApplyReport:
 
 
 def pull_images(
-    engine: Engine,
+    engine: ApplyEngine,
     actions: Sequence[model.Action],
     *,
     progress: Callable[[str], None] | None = None,
@@ -78,7 +59,7 @@ def pull_images(
 
 
 def apply(
-    engine: Engine,
+    engine: ApplyEngine,
     actions: Sequence[model.Action],
     *,
     env_files: Mapping[tuple[str, str], Mapping[str, str]],
@@ -114,7 +95,7 @@ def apply(
 
 
 def _run(
-    engine: Engine,
+    engine: ApplyEngine,
     action: model.Action,
     env_files: Mapping[tuple[str, str], Mapping[str, str]],
 ) -> None:

@@ -74,11 +74,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 from reconciler import errors, logs, model
-from reconciler.adapters.docker_translate import HealthInfo
 from reconciler.core.settings import HealthSettings
+from reconciler.ports import HealthEngine, HealthInfo
 
 _log = logging.getLogger("reconciler.health")
 
@@ -104,16 +103,6 @@ class Target:
     container: str  # the manifest's container name
     container_id: str  # engine id of the running container
     spec: model.ContainerSpec
-
-
-class HealthEngine(Protocol):
-    """What the health step needs from the engine (`DockerEngine` provides both)."""
-
-    def inspect_health(self, container_id: str) -> HealthInfo: ...
-
-    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int | None:
-        """The exit code; None when it was still running at the engine client's timeout."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from reconciler import errors, model
-from reconciler.adapters.docker_translate import HealthInfo
 from reconciler.core import manifests
 from reconciler.core.settings import HealthSettings
 from reconciler.device import health
 from reconciler.device.health import Assessment, ContainerWatch, Observation, ProbeResult, State
+from reconciler.ports import HealthInfo
 
 # --- helpers ---------------------------------------------------------------------------------
 
