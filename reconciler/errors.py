@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from reconciler import text
 
@@ -28,6 +29,19 @@ class Problem:
         # One line, escaped and bounded: file names, keys and values come from untrusted input.
         where = f"{self.file}: {self.field}" if self.field else self.file
         return text.one_line(f"{where}: {self.message}")
+
+
+class Reason(StrEnum):
+    """Why a release was refused: the `reason` label of reconciler_verification_failures_total."""
+
+    UNSIGNED = "unsigned"
+    INVALID_SIGNATURE = "invalid_signature"
+    WRONG_IDENTITY = "wrong_identity"
+    PIN_MISMATCH = "pin_mismatch"
+    ROLLBACK = "rollback"
+    EQUIVOCATION = "equivocation"
+    EXPIRED = "expired"
+    MALFORMED = "malformed"
 
 
 class ReconcilerError(Exception):
@@ -57,6 +71,10 @@ class ManifestError(ProblemsError, RevisionRejected):
 class ReleaseError(ProblemsError, RevisionRejected):
     """`.fleet/release.json` is missing, malformed or does not match the files it pins."""
 
+    def __init__(self, problems: Iterable[Problem], *, reason: Reason = Reason.MALFORMED) -> None:
+        super().__init__(problems)
+        self.reason = reason  # pin_mismatch when the pinned files do not hold
+
 
 class PolicyViolation(ProblemsError, RevisionRejected):
     """A valid, signed manifest asks for something this device's policy forbids."""
@@ -67,7 +85,10 @@ class VerificationError(RevisionRejected):
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
-        self.reason = reason  # metric label of reconciler_verification_failures_total
+        # The metric label of reconciler_verification_failures_total; a word the verifier's
+        # child process made up is counted as what it is in effect, a signature not accepted.
+        known = reason in Reason._value2member_map_
+        self.reason = Reason(reason) if known else Reason.INVALID_SIGNATURE
 
 
 class TransientError(ReconcilerError):
@@ -76,6 +97,10 @@ class TransientError(ReconcilerError):
 
 class FetchError(TransientError):
     """No remote of the fleet repo answered."""
+
+    # (redacted remote, reason) of each remote tried, in order: the daemon counts
+    # reconciler_fetch_errors_total{remote} from them.
+    failures: tuple[tuple[str, str], ...] = ()
 
 
 class EngineError(TransientError):

@@ -23,11 +23,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from reconciler.core.trust import MAX_BUNDLE_BYTES
 from reconciler.errors import VerificationError
 from reconciler.ports import Signer
 
 BUNDLE_SUFFIX = ".sigstore.json"
-MAX_BUNDLE_BYTES = 256 * 1024
 CHILD_TIMEOUT = 60.0
 CHILD_MODULE = "reconciler.adapters.sigstore_child"
 

@@ -28,20 +28,11 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
-from reconciler import logs
+from reconciler import errors, logs
 from reconciler.core.urls import redact, scrub
 
 CYCLE_RESULTS = ("converged", "unchanged", "failed", "rolled_back")
-VERIFICATION_REASONS = (
-    "unsigned",
-    "invalid_signature",
-    "wrong_identity",
-    "pin_mismatch",
-    "rollback",
-    "equivocation",
-    "expired",
-    "malformed",
-)
+VERIFICATION_REASONS = tuple(reason.value for reason in errors.Reason)
 APP_STATES = ("running", "held_back", "failed")
 # A cycle takes from milliseconds (nothing moved) to minutes (pulls plus health.timeout).
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -1,9 +1,10 @@
 """Verbs about signatures: `verify [REPO]`, signing in `release`, and `lab-ca init DIR`.
 
-Shell over `verification` (device-side trust), `signing` and `lab_ca`: reads files of a fleet
-repo checkout, prints one line per finding, returns the exit code. `verify` judges a checkout
-exactly as a device with the same `trust` config judges the commit: signature and identity, then
-version expiry and every pin.
+Shell over `core.trust` (the trusted-release object the device uses too), the sigstore adapters
+and `lab_ca`: reads files of a fleet repo checkout, prints one line per finding, returns the exit
+code. `verify` judges a checkout exactly as a device with the same `trust` config judges the
+commit: signature and identity, every pin, then succession over the release HEAD holds (what
+devices may run) and expiry.
 """
 
 from __future__ import annotations
@@ -15,20 +16,26 @@ from typing import TextIO
 
 from reconciler import text
 from reconciler.adapters import checkout, sigstore_verifier
-from reconciler.core import release
+from reconciler.core import release, trust
 from reconciler.core.settings import TrustConfig
-from reconciler.errors import Problem, ProblemsError, ReconcilerError, VerificationError
+from reconciler.errors import (
+    Problem,
+    ProblemsError,
+    ReconcilerError,
+    ReleaseError,
+    VerificationError,
+)
 
 
 def verify(
     root: Path,
-    trust: TrustConfig,
+    trust_config: TrustConfig,
     *,
     now: datetime | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """0 when a device with `trust` would accept the commit that committing `.fleet/` makes,
+    """0 when a device with `trust_config` would accept the commit that committing `.fleet/` makes,
     else 1.
 
     That commit holds the release and bundle as they are in the work tree (`release` just
@@ -50,7 +57,7 @@ def verify(
         return 1
     fleet_files = {
         release.RELEASE_PATH: release.MAX_BYTES,
-        release.BUNDLE_PATH: sigstore_verifier.MAX_BUNDLE_BYTES,
+        release.BUNDLE_PATH: trust.MAX_BUNDLE_BYTES,
     }
     # Rewritten by .gitattributes, the committed bytes would not be the signed ones.
     problems = snapshot.transformed(list(fleet_files))
@@ -66,7 +73,8 @@ def verify(
         return 1
     data, bundle = found[release.RELEASE_PATH], found[release.BUNDLE_PATH]
     assert data is not None
-    if bundle is None and trust.allow_unsigned:
+    signer = None
+    if bundle is None and trust_config.allow_unsigned:
         print(
             f"verify: {release.BUNDLE_PATH}: missing; accepted only because "
             "trust.allow_unsigned is true",
@@ -74,8 +82,8 @@ def verify(
         )
     else:
         checker = sigstore_verifier.ReleaseVerifier(
-            identities=[(i.identity, i.issuer) for i in trust.identities],
-            trusted_root=trust.trusted_root,
+            identities=[(i.identity, i.issuer) for i in trust_config.identities],
+            trusted_root=trust_config.trusted_root,
         )
         try:
             signer = checker.verify(data, bundle, file=release.RELEASE_PATH)
@@ -84,29 +92,38 @@ def verify(
             return 1
         print(f"signed by {_show(signer.identity)} (issuer {_show(signer.issuer)})", file=out)
     try:
-        parsed = release.parse(data)
+        candidate = trust.ReleaseTrust(data, signer=signer)
     except ProblemsError as exc:
         for problem in exc.problems:
             print(f"verify: {_show(str(problem))}", file=err)
         return 1
-    files, problems = snapshot.read_many(parsed.pins, limit=checkout.MANIFEST_LIMIT)
+    parsed = candidate.release
+    files, problems = snapshot.read_many(candidate.pinned_paths, limit=trust.MAX_PINNED_FILE_BYTES)
     refused = {p.file for p in problems}  # a symlinked pin is not "missing" as well
-    problems += [p for p in release.check_pins(parsed, files) if p.file not in refused]
+    try:
+        candidate.accept_files(files)
+    except ReleaseError as exc:
+        problems += [p for p in exc.problems if p.file not in refused]
     for problem in problems:
         print(f"verify: {_show(str(problem))}", file=err)
     _notes(root, snapshot, parsed, err=err)
-    moment = now or datetime.now(UTC)
-    expired = release.is_expired(parsed, moment)
-    if expired:
-        print(
-            f"verify: release {parsed.version} expired at {parsed.expires:%Y-%m-%dT%H:%M:%SZ}: "
-            "devices keep running apps but apply nothing new",
-            file=err,
+    # Devices run the release HEAD holds (or one before it): the new one must succeed it.
+    applied_version, applied_digest = _committed_release(snapshot, err=err)
+    try:
+        trust.check_applicable(
+            parsed,
+            candidate.digest,
+            applied_version=applied_version,
+            applied_digest=applied_digest,
+            now=now or datetime.now(UTC),
         )
+    except VerificationError as exc:
+        print(f"verify: refused ({_show(exc.reason)}): {_show(str(exc))}", file=err)
+        return 1
     present, _ = snapshot.manifest_files()
     for path in release.unlisted(parsed, sorted(present)):
         print(f"note: {_show(path)} is not in the release: devices ignore it", file=out)
-    if problems or expired:
+    if problems:
         return 1
     print(
         f"release {parsed.version}: {len(parsed.pins)} app(s), every pin matches "
@@ -115,6 +132,27 @@ def verify(
         file=out,
     )
     return 0
+
+
+def _committed_release(
+    snapshot: checkout.Snapshot, *, err: TextIO
+) -> tuple[int | None, str | None]:
+    """The version and digest of the release HEAD commits: what devices may already run.
+    (None, None) when HEAD has none, or one no device could have applied."""
+    found, _problems = snapshot.read_many([release.RELEASE_PATH], limit=release.MAX_BYTES)
+    data = found.get(release.RELEASE_PATH)
+    if data is None:
+        return None, None
+    try:
+        committed = release.parse(data)
+    except ProblemsError:
+        print(
+            f"note: {release.RELEASE_PATH} at HEAD {snapshot.commit[:12]} is not a valid "
+            "release: no device runs it, succession is not checked against it",
+            file=err,
+        )
+        return None, None
+    return committed.version, release.digest(data)
 
 
 def _read_work_tree(root: Path, rel: str, *, limit: int) -> bytes | None:

@@ -4,9 +4,13 @@ device would, with the real sigstore Verifier (in its child process)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
+from reconciler.core import release, trust
+from reconciler.errors import VerificationError
 
 ID = "https://ci.example.test/fleet/.github/workflows/release.yml@refs/heads/main"
 ISS = "https://token.actions.example.test"
@@ -125,3 +129,43 @@ def test_lab_ca_without_identity_is_a_usage_error(fleet, run_cli, ca: Path):
     assert result.code == 2
     assert "--identity and --issuer" in result.err
     assert not (fleet.root / RELEASE).exists()
+
+
+def test_verify_refuses_a_rollback_with_the_reason_a_device_refuses_it(
+    fleet, run_cli, ca: Path, tmp_path: Path
+):
+    signed(fleet, run_cli, ca)
+    fleet.commit("release 1")
+    old_release, old_bundle = fleet.read(RELEASE), fleet.read(BUNDLE)
+    again = run_cli(
+        "release", str(fleet.root), "--lab-ca", str(ca), "--identity", ID, "--issuer", ISS
+    )
+    assert again.code == 0, again.err
+    fleet.commit("release 2")
+    head_release = fleet.read(RELEASE)
+    # Release 1 put back: validly signed, every pin still matching, but older than HEAD's.
+    fleet.write(RELEASE, old_release)
+    fleet.write(BUNDLE, old_bundle)
+
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+
+    assert result.code == 1
+    assert "refused (rollback)" in result.err
+    # The device judges the same bytes with the same object, over the release it applied.
+    candidate = trust.ReleaseTrust(old_release, signer=None)
+    pinned = candidate.accept_files({p: fleet.read(p) for p in candidate.pinned_paths})
+    with pytest.raises(VerificationError) as caught:
+        pinned.check_applicable(
+            applied_version=json.loads(head_release)["version"],
+            applied_digest=release.digest(head_release),
+            now=datetime.now(UTC),
+        )
+    assert caught.value.reason == "rollback"
+    assert str(caught.value) in result.err
+
+
+def test_verify_accepts_the_release_head_already_holds(fleet, run_cli, ca: Path, tmp_path: Path):
+    signed(fleet, run_cli, ca)
+    fleet.commit("release 1")  # the work tree's release is HEAD's: no succession to judge
+    result = run_cli("verify", str(fleet.root), "--config", str(config(tmp_path, ca)))
+    assert result.code == 0, result.err
