@@ -20,10 +20,19 @@ from typing import TYPE_CHECKING, Literal
 
 from reconciler import logs, model, ports, text
 from reconciler.adapters import sigstore_verifier
-from reconciler.core import crash_loops, desired, manifests, planner, policy, release, state
+from reconciler.core import (
+    crash_loops,
+    desired,
+    health_rules,
+    manifests,
+    planner,
+    policy,
+    release,
+    state,
+)
 from reconciler.core.settings import DeviceSettings
 from reconciler.core.urls import redact
-from reconciler.device import executor, health, state_store
+from reconciler.device import executor, health_wait, state_store
 from reconciler.errors import (
     ApplyError,
     EngineError,
@@ -766,14 +775,14 @@ class Reconciler:
 
     def _check_health(
         self, apps: set[str], wanted: Sequence[model.DesiredContainer]
-    ) -> health.Verdict:
+    ) -> health_rules.Verdict:
         """Wait for the changed apps' containers to pass their checks (SPEC 3.2 step 6)."""
         try:
             observed = self.engine.list_managed()  # type: ignore[attr-defined]
         except EngineError as exc:
-            return health.Verdict(failed=dict.fromkeys(apps, f"engine: {exc}"), seconds=0.0)
+            return health_rules.Verdict(failed=dict.fromkeys(apps, f"engine: {exc}"), seconds=0.0)
         by_digest = {(o.app, o.container, o.spec_digest): o for o in observed}
-        targets: list[health.Target] = []
+        targets: list[health_rules.Target] = []
         missing: dict[str, str] = {}
         for d in wanted:
             if d.app not in apps:
@@ -782,9 +791,9 @@ class Reconciler:
             if found is None:
                 missing.setdefault(d.app, f"container {d.spec.name} is missing after the apply")
                 continue
-            targets.append(health.Target(d.app, d.spec.name, found.id, d.spec))
+            targets.append(health_rules.Target(d.app, d.spec.name, found.id, d.spec))
         logs.event(_log, logging.INFO, "health.wait", apps=sorted(apps))
-        verdict = health.wait_healthy(self.engine, targets, self.settings.health)  # type: ignore[arg-type]
+        verdict = health_wait.wait_healthy(self.engine, targets, self.settings.health)  # type: ignore[arg-type]
         failed = {**verdict.failed, **missing}
         level = logging.INFO if not failed else logging.ERROR
         logs.event(
@@ -795,7 +804,7 @@ class Reconciler:
             seconds=round(verdict.seconds, 2),
             failed=failed or None,
         )
-        return health.Verdict(failed=failed, seconds=verdict.seconds)
+        return health_rules.Verdict(failed=failed, seconds=verdict.seconds)
 
     def _dropped(self, current: state.DeviceState, info: _ReadRelease | None) -> set[str]:
         """Applied apps a verified release no longer lists: only these may be pruned."""
