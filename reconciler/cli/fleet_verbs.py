@@ -109,29 +109,29 @@ def add_verbs(verbs: Verbs) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from reconciler.fleet import repo_verbs
+    from reconciler.fleet import validate
 
-    return repo_verbs.validate(Path(args.repo))
+    return validate.validate(Path(args.repo))
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from reconciler.fleet import repo_verbs
+    from reconciler.fleet import devices, plan
 
     try:
         if args.inventory:
-            devices = repo_verbs.inventory_devices(Path(args.inventory))
+            planned = devices.inventory_devices(Path(args.inventory))
         else:
-            labels = repo_verbs.parse_label_list(args.labels)
-            devices = [repo_verbs.Device(args.device, labels)]
+            labels = devices.parse_label_list(args.labels)
+            planned = [devices.Device(args.device, labels)]
     except (ValueError, ProblemsError, OSError) as exc:
         for line in str(exc).splitlines():
             print(f"plan: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    return repo_verbs.plan(Path(args.repo), devices=devices)
+    return plan.plan(Path(args.repo), devices=planned)
 
 
 def _release(args: argparse.Namespace) -> int:
-    from reconciler.fleet import repo_verbs
+    from reconciler.fleet import release_verb
 
     try:
         expires_in = durations.parse_duration(args.expires_in)
@@ -162,7 +162,7 @@ def _release(args: argparse.Namespace) -> int:
         for line in image_pins.describe(images):
             print(f"pinned: {line}", file=sys.stderr)
     previous = trust_verbs.read_if_present(root, release.RELEASE_PATH)
-    code, data = repo_verbs.write_release(root, expires_in=expires_in, images=images)
+    code, data = release_verb.write_release(root, expires_in=expires_in, images=images)
     if code != EXIT_OK or data is None:
         return code
     if args.no_sign:
