@@ -21,7 +21,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.fleet import repo_verbs
+from reconciler.fleet import plan, release_verb
+from reconciler.fleet.devices import Device
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench",
@@ -57,7 +58,7 @@ def build_repo(root: Path, apps: int) -> None:
         (root / "apps" / name / "app.yaml").write_text(manifest(name), encoding="utf-8")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "apps")
-    code, _ = repo_verbs.write_release(root, now=NOW, expires_in=86400.0, out=io.StringIO())
+    code, _ = release_verb.write_release(root, now=NOW, expires_in=86400.0, out=io.StringIO())
     if code != 0:
         raise SystemExit("release of the bench repo failed")
     git(root, "add", "-A")
@@ -73,12 +74,12 @@ def cpu_seconds() -> float:
 
 def time_plan(root: Path, runs: int) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds of each run (CPU time is steadier on a busy machine)."""
-    device = repo_verbs.Device("gw-01", {"role": "gateway"})
+    device = Device("gw-01", {"role": "gateway"})
     wall, cpu = [], []
     for _ in range(runs):
         out, err = io.StringIO(), io.StringIO()
         start, start_cpu = time.perf_counter(), cpu_seconds()
-        code = repo_verbs.plan(root, devices=[device], now=NOW, out=out, err=err)
+        code = plan.plan(root, devices=[device], now=NOW, out=out, err=err)
         wall.append(time.perf_counter() - start)
         cpu.append(cpu_seconds() - start_cpu)
         if code != 0 or err.getvalue():

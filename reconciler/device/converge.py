@@ -18,9 +18,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from reconciler import logs, model, ports
-from reconciler.core import crash_loops, desired, manifests, planner, state, targets, transitions
+from reconciler.core import (
+    crash_loops,
+    desired,
+    health_rules,
+    manifests,
+    planner,
+    state,
+    targets,
+    transitions,
+)
 from reconciler.core.settings import DeviceSettings
-from reconciler.device import env_files, executor, health, rollback, state_store
+from reconciler.device import env_files, executor, health_wait, rollback, state_store
 from reconciler.device.outcome import CycleOutcome
 from reconciler.errors import ApplyError, EngineError, ProblemsError
 
@@ -180,14 +189,14 @@ class Converger:
 
     def check_health(
         self, apps: set[str], wanted: Sequence[model.DesiredContainer]
-    ) -> health.Verdict:
+    ) -> health_rules.Verdict:
         """Wait for the changed apps' containers to pass their checks (SPEC 3.2 step 6)."""
         try:
             observed = self.engine.list_managed()
         except EngineError as exc:
-            return health.Verdict(failed=dict.fromkeys(apps, f"engine: {exc}"), seconds=0.0)
+            return health_rules.Verdict(failed=dict.fromkeys(apps, f"engine: {exc}"), seconds=0.0)
         by_digest = {(o.app, o.container, o.spec_digest): o for o in observed}
-        checked: list[health.Target] = []
+        checked: list[health_rules.Target] = []
         missing: dict[str, str] = {}
         for d in wanted:
             if d.app not in apps:
@@ -196,9 +205,9 @@ class Converger:
             if found is None:
                 missing.setdefault(d.app, f"container {d.spec.name} is missing after the apply")
                 continue
-            checked.append(health.Target(d.app, d.spec.name, found.id, d.spec))
+            checked.append(health_rules.Target(d.app, d.spec.name, found.id, d.spec))
         logs.event(_log, logging.INFO, "health.wait", apps=sorted(apps))
-        verdict = health.wait_healthy(self.engine, checked, self.settings.health)
+        verdict = health_wait.wait_healthy(self.engine, checked, self.settings.health)
         failed = {**verdict.failed, **missing}
         level = logging.INFO if not failed else logging.ERROR
         logs.event(
@@ -209,7 +218,7 @@ class Converger:
             seconds=round(verdict.seconds, 2),
             failed=failed or None,
         )
-        return health.Verdict(failed=failed, seconds=verdict.seconds)
+        return health_rules.Verdict(failed=failed, seconds=verdict.seconds)
 
     def desired_of(self, wanted: Sequence[targets.Target]) -> list[model.DesiredContainer]:
         namespace = self.settings.runtime.namespace

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.core import release, rollout
-from reconciler.fleet import repo_verbs
+from reconciler.fleet import plan as fleet_plan
+from reconciler.fleet import release_verb
+from reconciler.fleet.devices import Device
 from tests.cli.conftest import FleetRepo, manifest, run_console_script
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -59,9 +61,9 @@ def inventory_of(fleet: FleetRepo) -> str:
     return str(fleet.root / "devices/inventory.yaml")
 
 
-def plan(fleet: FleetRepo, now: datetime, *devices: repo_verbs.Device) -> tuple[int, str, str]:
+def plan(fleet: FleetRepo, now: datetime, *devices: Device) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = repo_verbs.plan(fleet.root, devices=devices, now=now, out=out, err=err)
+    code = fleet_plan.plan(fleet.root, devices=devices, now=now, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -73,7 +75,7 @@ def released(fleet: FleetRepo) -> FleetRepo:
     fleet.app("mon", image="127.0.0.1:5000/mon:1.0")
     fleet.write("devices/inventory.yaml", INVENTORY)
     fleet.commit("apps")
-    code, _ = repo_verbs.write_release(fleet.root, now=T0, expires_in=86400.0, out=io.StringIO())
+    code, _ = release_verb.write_release(fleet.root, now=T0, expires_in=86400.0, out=io.StringIO())
     assert code == 0
     fleet.commit("release 1")
     return fleet
@@ -151,7 +153,7 @@ def test_a_new_app_changed_app_removed_app_and_lost_selector_each_show_on_their_
 
 def test_an_app_whose_selector_now_matches_is_new_on_that_device(released):
     released.app("kiosk", selector="{}", image="127.0.0.1:5000/kiosk:1.0")
-    _, out, _ = plan(released, T0, repo_verbs.Device("gw-01", {"role": "gateway"}))
+    _, out, _ = plan(released, T0, Device("gw-01", {"role": "gateway"}))
     assert table(out)["gw-01"]["kiosk"] == (
         "+",
         rev(released, "kiosk"),
@@ -165,11 +167,11 @@ def test_unchanged_apps_run_the_image_digests_the_release_pinned(fleet):
     fleet.app("gw", image="127.0.0.1:5000/gw:1.0")
     fleet.commit()
     images = {"apps/gw/app.yaml": {"main": DIGEST}}
-    repo_verbs.write_release(
+    release_verb.write_release(
         fleet.root, now=T0, expires_in=86400.0, images=images, out=io.StringIO()
     )
     fleet.commit()
-    _, out, _ = plan(fleet, T0, repo_verbs.Device("d", {}))
+    _, out, _ = plan(fleet, T0, Device("d", {}))
     assert table(out)["d"]["gw"] == ("=", rev(fleet, "gw"), "unchanged", f"main={DIGEST}", "")
 
 
@@ -181,9 +183,7 @@ def test_a_changed_app_with_waves_updates_devices_in_the_open_wave_and_others_st
     late = device_with_bucket("gw", at_least=50)
     now = T0 + timedelta(days=3)
     gateway = {"role": "gateway"}
-    _, out, _ = plan(
-        released, now, repo_verbs.Device(early, gateway), repo_verbs.Device(late, gateway)
-    )
+    _, out, _ = plan(released, now, Device(early, gateway), Device(late, gateway))
     rows = table(out)
     *columns, note = rows[early]["gw"]
     assert columns == ["~", new, "changed", "main=127.0.0.1:5000/gw:2.0"]
@@ -201,22 +201,22 @@ def test_a_changed_app_with_waves_updates_devices_in_the_open_wave_and_others_st
 def test_an_unchanged_app_mid_rollout_is_decided_at_now_from_its_release_since(fleet):
     fleet.app("gw", waves=WAVES)
     fleet.commit()
-    repo_verbs.write_release(fleet.root, now=T0, expires_in=86400.0 * 9, out=io.StringIO())
+    release_verb.write_release(fleet.root, now=T0, expires_in=86400.0 * 9, out=io.StringIO())
     fleet.commit()
     late = device_with_bucket("gw", at_least=50)
-    _, out, _ = plan(fleet, T0 + timedelta(hours=1), repo_verbs.Device(late, {}))
+    _, out, _ = plan(fleet, T0 + timedelta(hours=1), Device(late, {}))
     *columns, note = table(out)[late]["gw"]
     assert columns == ["!", "-", "waiting", ""]
     assert note.startswith(f"stays on an older revision than release 1; {rev(fleet, 'gw')} is ")
     assert out.splitlines()[-1] == "plan: 1 device(s), 0 with changes"
-    _, out, _ = plan(fleet, T0 + timedelta(days=2), repo_verbs.Device(late, {}))
+    _, out, _ = plan(fleet, T0 + timedelta(days=2), Device(late, {}))
     assert table(out)[late]["gw"][:3] == ("=", rev(fleet, "gw"), "unchanged")
 
 
 def test_a_new_app_with_waves_gives_late_devices_nothing_yet(fleet):
     fleet.app("gw", waves=WAVES)
     late = device_with_bucket("gw", at_least=50)
-    _, out, _ = plan(fleet, T0, repo_verbs.Device(late, {}))
+    _, out, _ = plan(fleet, T0, Device(late, {}))
     *columns, note = table(out)[late]["gw"]
     assert columns == ["!", "-", "waiting", ""]
     assert note.startswith(f"new app {rev(fleet, 'gw')} is waiting for its rollout wave: bucket")
@@ -255,7 +255,7 @@ def test_a_pinned_manifest_missing_from_git_and_work_tree_is_warned_about(fleet)
     commit = fleet.commit()
     never_committed = manifest("gw", image="127.0.0.1:5000/gw:9.9")
     hand_release(fleet, {"apps/gw/app.yaml": never_committed}, source_commit=commit)
-    code, out, err = plan(fleet, T0, repo_verbs.Device("d", {}))
+    code, out, err = plan(fleet, T0, Device("d", {}))
     assert code == 0
     assert err.startswith("warning: apps/gw/app.yaml: pinned by release 1, but its bytes are ")
     assert table(out)["d"]["gw"][0] == "+"
@@ -271,7 +271,7 @@ def test_a_release_whose_bytes_are_only_at_head_is_read_at_head(fleet):
     )
     fleet.app("gw", image="127.0.0.1:5000/gw:2.0")
     fleet.commit("gw 2.0 and release 1")
-    code, out, err = plan(fleet, T0, repo_verbs.Device("d", {}))
+    code, out, err = plan(fleet, T0, Device("d", {}))
     assert (code, err) == (0, "")
     assert table(out)["d"]["gw"][:3] == ("=", rev(fleet, "gw"), "unchanged")
 

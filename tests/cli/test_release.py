@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from reconciler.core import release
-from reconciler.fleet import repo_verbs
+from reconciler.fleet import release_verb
 from tests.cli.conftest import FleetRepo, run_console_script
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -17,7 +17,7 @@ RELEASE = ".fleet/release.json"
 
 def write(fleet: FleetRepo, now: datetime, **kwargs: object) -> tuple[int, bytes | None, str]:
     out = io.StringIO()
-    code, data = repo_verbs.write_release(
+    code, data = release_verb.write_release(
         fleet.root, now=now, expires_in=kwargs.pop("expires_in", 30 * 86400.0), out=out, **kwargs
     )
     return code, data, out.getvalue()

@@ -27,7 +27,7 @@ import yaml
 
 from reconciler import model
 from reconciler.core import release
-from reconciler.fleet import repo_verbs
+from reconciler.fleet import release_verb
 from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
 from tests.infra.registry import free_port
 
@@ -121,7 +121,7 @@ class DeviceLab:
             else:
                 self.fleet.write(f"apps/{name}/app.yaml", text)
         self.fleet.commit(message)  # a release pins committed manifests only
-        code, data = repo_verbs.write_release(self.fleet.root, now=now, expires_in=expires_in)
+        code, data = release_verb.write_release(self.fleet.root, now=now, expires_in=expires_in)
         assert code == 0 and data is not None, "release of the test fleet repo failed"
         if self.signer is not None:
             self.sign(data)

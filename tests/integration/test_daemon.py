@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from reconciler.core import desired, planner, release
-from reconciler.device import converge, cycle, executor, health, state_store, wiring
+from reconciler.device import converge, cycle, executor, health_wait, state_store, wiring
 from reconciler.device import daemon as daemon_loop
 from reconciler.device.metrics import Metrics
 from tests.infra.git_server import GitDaemon
@@ -244,7 +244,7 @@ CYCLE_STEPS = {
     "select": (desired, "decide"),
     "plan": (planner, "plan"),
     "apply": (executor, "apply"),
-    "health": (health, "wait_healthy"),
+    "health": (health_wait, "wait_healthy"),
     "commit": (converge.Converger, "commit"),
     "state write": ("store", "save"),
 }

@@ -1,4 +1,4 @@
-"""`health.wait_healthy` against a real engine, plus the thin probes against loopback servers.
+"""`health_wait.wait_healthy` against a real engine, plus the thin probes against loopback servers.
 
 Containers are created straight with the docker SDK (labelled with our namespace, so the
 `namespace` fixture removes them), ports published on 127.0.0.1 only; the `Target`s carry
@@ -18,8 +18,9 @@ import pytest
 
 from reconciler import model
 from reconciler.adapters.docker_engine import DockerEngine
+from reconciler.core import health_rules
 from reconciler.core.settings import HealthSettings
-from reconciler.device import health
+from reconciler.device import health_wait
 
 TIMEOUT = 4.0
 STABLE_FOR = 1.0
@@ -74,7 +75,7 @@ def target(
     check: model.HealthCheck | None,
     restart: model.RestartPolicy = "no",
     name: str = "web",
-) -> health.Target:
+) -> health_rules.Target:
     spec = model.ContainerSpec(
         name=name,
         image=image,
@@ -82,7 +83,7 @@ def target(
         restart=restart,
         health=check,
     )
-    return health.Target(app=app, container=name, container_id=container_id, spec=spec)
+    return health_rules.Target(app=app, container=name, container_id=container_id, spec=spec)
 
 
 def settings(
@@ -102,7 +103,7 @@ def http_check(port: int, path: str = "/index.html") -> model.HealthCheck:
 def test_healthy_httpd_passes_after_about_stable_for(engine, images, start):
     image = images.httpd("health-ok", "ok")
     cid, port = start(image, "web")
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=http_check(port))], settings()
     )
     assert verdict.healthy, verdict.failed
@@ -113,7 +114,7 @@ def test_healthy_httpd_passes_after_about_stable_for(engine, images, start):
 def test_container_that_exits_at_once_with_restart_no_fails_fast(engine, images, start):
     image = images.exits("health-exit1", 1)
     cid, port = start(image, "job")
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=http_check(port))], settings()
     )
     assert verdict.failed == {
@@ -126,7 +127,7 @@ def test_container_that_exits_at_once_with_restart_no_fails_fast(engine, images,
 def test_finished_job_without_check_passes_at_once(engine, images, start):
     image = images.exits("health-exit0", 0)
     cid, port = start(image, "job")  # seen running or already exited: either way it passes
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=None)], settings()
     )
     assert verdict.healthy, verdict.failed
@@ -148,7 +149,7 @@ def test_http_check_answering_500_is_unhealthy_after_three_failed_probes_not_the
 ):
     cid, port = start(cgi_500, "web")
     check = replace(http_check(port, "/cgi-bin/fail"), interval=0.5)
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=cgi_500, port=port, check=check)], settings(timeout=120)
     )
     assert verdict.failed == {
@@ -162,7 +163,7 @@ def test_http_check_answering_500_is_unhealthy_after_three_failed_probes_not_the
 def test_failed_probes_inside_the_start_period_leave_it_to_the_timeout(engine, cgi_500, start):
     cid, port = start(cgi_500, "web")
     check = replace(http_check(port, "/cgi-bin/fail"), interval=0.5, start_period=60.0)
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=cgi_500, port=port, check=check)], settings()
     )
     assert verdict.failed["gw"].startswith(
@@ -177,7 +178,7 @@ def test_tcp_check_on_a_port_nothing_listens_behind_fails(engine, images, start,
     image = images.sleeper("health-sleeper")
     cid, port = start(image, "web")
     check = model.HealthCheck("tcp", port=port, interval=0.5)
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=check)], settings(timeout=120)
     )
     # Docker's userland proxy accepts, then closes; Podman forwards in the kernel: refused.
@@ -198,7 +199,7 @@ def test_tcp_check_on_a_listening_port_passes(engine, images, start):
     image = images.httpd("health-ok", "ok")
     cid, port = start(image, "web")
     check = model.HealthCheck("tcp", port=port)
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=check)], settings()
     )
     assert verdict.healthy, verdict.failed
@@ -216,7 +217,7 @@ def test_container_that_serves_then_crash_loops_is_caught_by_the_stable_window(
         files={"/www/index.html": "ok"},
     )
     cid, port = start(image, "web", restart="always")
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine,
         [target("gw", cid, image=image, port=port, check=http_check(port), restart="always")],
         settings(timeout=30, stable_for=2),
@@ -233,7 +234,7 @@ def test_failing_exec_check_fails_and_passing_one_passes(engine, images, start):
     good_id, good_port = start(image, "good")
     failing = model.HealthCheck("exec", command=("sh", "-c", "exit 3"), interval=0.5)
     passing = model.HealthCheck("exec", command=("sh", "-c", "test -d /bin"))
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine,
         [
             target("bad", bad_id, image=image, port=bad_port, check=failing),
@@ -257,7 +258,7 @@ def test_docker_healthcheck_that_is_healthy_passes(engine, images, start):
     )
     cid, port = start(image, "web")
     check = model.HealthCheck("docker")
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=check)], settings(timeout=8)
     )
     assert verdict.healthy, verdict.failed
@@ -274,7 +275,7 @@ def test_docker_healthcheck_reporting_unhealthy_is_a_failed_probe(engine, images
     )
     cid, port = start(image, "web")
     check = model.HealthCheck("docker", interval=0.5)
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=check)], settings(timeout=60)
     )
     assert verdict.failed == {
@@ -289,7 +290,7 @@ def test_docker_check_on_an_image_without_healthcheck_fails_fast(engine, images,
     image = images.httpd("health-ok", "ok")
     cid, port = start(image, "web")
     check = model.HealthCheck("docker")
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine, [target("gw", cid, image=image, port=port, check=check)], settings()
     )
     assert verdict.failed == {
@@ -303,7 +304,7 @@ def test_one_failing_app_does_not_hold_up_the_healthy_one(engine, images, start)
     good_image, bad_image = images.httpd("health-ok", "ok"), images.exits("health-exit1", 1)
     good_id, good_port = start(good_image, "good")
     bad_id, bad_port = start(bad_image, "bad")
-    verdict = health.wait_healthy(
+    verdict = health_wait.wait_healthy(
         engine,
         [
             target("good", good_id, image=good_image, port=good_port, check=http_check(good_port)),
@@ -323,10 +324,10 @@ def test_failing_host_command_fails_every_app_and_a_passing_one_passes(engine, i
         target("a", a_id, image=image, port=a_port, check=http_check(a_port)),
         target("b", b_id, image=image, port=b_port, check=None),
     ]
-    failing = health.wait_healthy(engine, targets, settings(commands=[("false",)]))
+    failing = health_wait.wait_healthy(engine, targets, settings(commands=[("false",)]))
     reason = f"not healthy within {TIMEOUT:g} s: host check ['false'] exited 1"
     assert failing.failed == {"a": reason, "b": reason}
-    passing = health.wait_healthy(engine, targets, settings(commands=[("true",)]))
+    passing = health_wait.wait_healthy(engine, targets, settings(commands=[("true",)]))
     assert passing.healthy, passing.failed
     assert passing.seconds < STABLE_FOR + 1.5
 
@@ -367,19 +368,18 @@ def http_port() -> Iterator[int]:
     ],
 )
 def test_http_probe_passes_200_to_399_without_following_redirects(http_port, path, ok, detail):
-    assert health.probe_http("127.0.0.1", http_port, path, timeout=2) == health.ProbeResult(
-        ok, detail
-    )
+    result = health_wait.probe_http("127.0.0.1", http_port, path, timeout=2)
+    assert result == health_rules.ProbeResult(ok, detail)
 
 
 def test_http_probe_of_a_closed_port_says_refused():
     port = free_port()
-    result = health.probe_http("127.0.0.1", port, "/", timeout=1)
-    assert result == health.ProbeResult(False, "connection refused")
+    result = health_wait.probe_http("127.0.0.1", port, "/", timeout=1)
+    assert result == health_rules.ProbeResult(False, "connection refused")
 
 
 def test_tcp_probe_passes_a_listener_that_waits_for_the_client(http_port):
-    assert health.probe_tcp("127.0.0.1", http_port, timeout=1).ok
+    assert health_wait.probe_tcp("127.0.0.1", http_port, timeout=1).ok
 
 
 def test_tcp_probe_fails_a_listener_that_closes_at_once():
@@ -394,34 +394,34 @@ def test_tcp_probe_fails_a_listener_that_closes_at_once():
 
         thread = threading.Thread(target=accept_and_close)
         thread.start()
-        result = health.probe_tcp("127.0.0.1", port, timeout=1)
+        result = health_wait.probe_tcp("127.0.0.1", port, timeout=1)
         thread.join()
     assert not result.ok
     assert result.detail.startswith("connection closed at once")
 
 
 def test_tcp_probe_of_a_closed_port_says_refused():
-    assert health.probe_tcp("127.0.0.1", free_port(), timeout=1) == health.ProbeResult(
+    assert health_wait.probe_tcp("127.0.0.1", free_port(), timeout=1) == health_rules.ProbeResult(
         False, "connection refused"
     )
 
 
 def test_host_commands_report_the_first_failure_with_its_stderr():
-    assert health.run_host_commands([("true",)], timeout=5) is None
+    assert health_wait.run_host_commands([("true",)], timeout=5) is None
     commands = [("true",), ("sh", "-c", "echo first >&2; echo 'disk full' >&2; exit 3"), ("false",)]
-    assert health.run_host_commands(commands, timeout=5) == (
+    assert health_wait.run_host_commands(commands, timeout=5) == (
         "host check ['sh', '-c', \"echo first >&2; echo 'disk full' >&2; exit 3\"] "
         "exited 3: disk full"
     )
 
 
 def test_host_command_that_cannot_start_is_a_failure_not_a_crash():
-    reason = health.run_host_commands([("/nonexistent/check",)], timeout=5)
+    reason = health_wait.run_host_commands([("/nonexistent/check",)], timeout=5)
     assert reason == "host check ['/nonexistent/check'] could not start: No such file or directory"
 
 
 def test_host_command_over_its_timeout_is_killed_with_its_children():
     started = time.monotonic()
-    reason = health.run_host_commands([("sh", "-c", "sleep 30 & sleep 30")], timeout=0.3)
+    reason = health_wait.run_host_commands([("sh", "-c", "sleep 30 & sleep 30")], timeout=0.3)
     assert reason == "host check ['sh', '-c', 'sleep 30 & sleep 30'] timed out after 0.3 s"
     assert time.monotonic() - started < 2

@@ -105,8 +105,8 @@ def test_the_package_holds_the_virtualenv_under_usr_lib_the_unit_the_template_an
     entries = listing(deb)
     assert "-> ../lib/reconciler/bin/reconciler" in entries["/usr/bin/reconciler"]
     assert "-> ../../../bin/python3.11" in entries[f"{PREFIX}/bin/python3.11"]
-    assert f"{SITE_PACKAGES}/reconciler/cli.py" in entries
-    assert f"{SITE_PACKAGES}/reconciler/__pycache__/cli.cpython-311.pyc" in entries
+    assert f"{SITE_PACKAGES}/reconciler/cli/__init__.py" in entries
+    assert f"{SITE_PACKAGES}/reconciler/cli/__pycache__/__init__.cpython-311.pyc" in entries
     assert "/lib/systemd/system/reconciler.service" in entries
     assert "/usr/share/reconciler/config.yaml" in entries
     assert "/usr/share/man/man1/reconciler.1.gz" in entries

@@ -1,21 +1,25 @@
-"""Health policy: single observations, certain failures, the stable window, per-app decisions,
-and the wait loop driven by a fake clock and a scripted in-memory engine (plain data, no mocks).
+"""Health rules: single observations, certain failures, the stable window, per-app decisions,
+host checks and the timeout, fed plain observations and times (no engine, no clock); and the
+manifest fields that configure a check. The wait loop that feeds them: test_health_wait.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pytest
 
 from reconciler import errors, model
-from reconciler.core import manifests
+from reconciler.core import health_rules, manifests
+from reconciler.core.health_rules import (
+    Assessment,
+    ContainerWatch,
+    Observation,
+    ProbeResult,
+    State,
+)
 from reconciler.core.settings import HealthSettings
-from reconciler.device import health
-from reconciler.device.health import Assessment, ContainerWatch, Observation, ProbeResult, State
-from reconciler.ports import HealthInfo
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -65,69 +69,12 @@ def feed(w: ContainerWatch, *timed: tuple[float, Observation]) -> list[State]:
     return [w.observe(seen, at).state for at, seen in timed]
 
 
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-INFO_RUNNING = HealthInfo("running", None, 0, 0)
-
-
-@dataclass
-class ScriptedEngine:
-    """Answers from timelines: per container id, (from_time, answer) pairs in time order; an
-    `errors.EngineError` as the answer is raised. Records every call."""
-
-    clock: FakeClock
-    inspect: dict[str, list[tuple[float, HealthInfo | errors.EngineError]]]
-    exec_codes: dict[str, list[tuple[float, int | errors.EngineError | None]]] = field(
-        default_factory=dict
-    )
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def _at(self, timeline: Sequence[tuple[float, object]]) -> object:
-        current = timeline[0][1]
-        for start, answer in timeline:
-            if start <= self.clock.now:
-                current = answer
-        if isinstance(current, errors.EngineError):
-            raise current
-        return current
-
-    def inspect_health(self, container_id: str) -> HealthInfo:
-        self.calls.append(("inspect", container_id))
-        answer = self._at(self.inspect[container_id])
-        assert isinstance(answer, HealthInfo)
-        return answer
-
-    def exec_run(self, container_id: str, cmd: Sequence[str]) -> int | None:
-        self.calls.append(("exec", container_id))
-        answer = self._at(self.exec_codes[container_id])
-        assert answer is None or isinstance(answer, int)
-        return answer
-
-
-def target(app: str, container: str = "web", **spec_args) -> health.Target:
-    return health.Target(
+def target(app: str, container: str = "web", **spec_args) -> health_rules.Target:
+    return health_rules.Target(
         app=app,
         container=container,
         container_id=f"id-{app}-{container}",
         spec=spec(name=container, **spec_args),
-    )
-
-
-def wait(engine: ScriptedEngine, targets: Sequence[health.Target], settings: HealthSettings):
-    return health.wait_healthy(
-        engine, targets, settings, clock=engine.clock, sleep=engine.clock.sleep, poll=0.25
     )
 
 
@@ -150,7 +97,7 @@ def wait(engine: ScriptedEngine, targets: Sequence[health.Target], settings: Hea
 def test_restart_policy_decides_whether_an_exited_container_comes_back(
     restart, exit_code, expected
 ) -> None:
-    assert health.will_restart(restart, exit_code) is expected
+    assert health_rules.will_restart(restart, exit_code) is expected
 
 
 @pytest.mark.parametrize(
@@ -177,25 +124,25 @@ def test_restart_policy_decides_whether_an_exited_container_comes_back(
 def test_probe_address_is_the_published_host_ip_when_specific_else_loopback(
     ports, network_mode, expected
 ) -> None:
-    assert health.probe_host(spec(ports=ports, network_mode=network_mode), 8080) == expected
+    assert health_rules.probe_host(spec(ports=ports, network_mode=network_mode), 8080) == expected
 
 
 def test_http_url_brackets_ipv6_hosts_and_roots_the_path() -> None:
-    assert health.http_url("127.0.0.1", 80, "/x") == "http://127.0.0.1:80/x"
-    assert health.http_url("::1", 8080, "healthz") == "http://[::1]:8080/healthz"
+    assert health_rules.http_url("127.0.0.1", 80, "/x") == "http://127.0.0.1:80/x"
+    assert health_rules.http_url("::1", 8080, "healthz") == "http://[::1]:8080/healthz"
 
 
 def test_check_labels_name_the_kind_and_where_it_probes() -> None:
     ports = (model.PortMapping(8080, 80, host_ip="127.0.0.2"),)
     assert (
-        health.check_label(spec(check=HTTP, ports=ports))
+        health_rules.check_label(spec(check=HTTP, ports=ports))
         == "http check GET http://127.0.0.2:8080/healthz"
     )
     tcp = model.HealthCheck("tcp", port=8080)
-    assert health.check_label(spec(check=tcp)) == "tcp check 127.0.0.1:8080"
-    assert health.check_label(spec(check=EXEC)) == "exec check ['test', '-f', '/ready']"
-    assert health.check_label(spec(check=DOCKER)) == "docker HEALTHCHECK"
-    assert health.check_label(spec()) == "no health check"
+    assert health_rules.check_label(spec(check=tcp)) == "tcp check 127.0.0.1:8080"
+    assert health_rules.check_label(spec(check=EXEC)) == "exec check ['test', '-f', '/ready']"
+    assert health_rules.check_label(spec(check=DOCKER)) == "docker HEALTHCHECK"
+    assert health_rules.check_label(spec()) == "no health check"
 
 
 # --- one container: what an observation means ------------------------------------------------
@@ -503,7 +450,7 @@ def settings(*, timeout: float = 10, stable_for: float = 1, commands=()) -> Heal
 
 def test_apps_are_decided_independently_and_the_watch_is_done_when_all_are() -> None:
     good, bad = target("good"), target("bad", restart="no")
-    w = health.HealthWatch([good, bad], settings())
+    w = health_rules.HealthWatch([good, bad], settings())
     w.observe(good, running(), 0)
     w.observe(bad, exited(1), 0)
     assert w.end_round() is False
@@ -520,7 +467,7 @@ def test_apps_are_decided_independently_and_the_watch_is_done_when_all_are() -> 
 
 def test_one_failing_container_fails_its_whole_app_at_once() -> None:
     web, worker = target("gw", "web"), target("gw", "worker", restart="no")
-    w = health.HealthWatch([web, worker], settings())
+    w = health_rules.HealthWatch([web, worker], settings())
     w.observe(web, running(), 0)
     w.observe(worker, exited(3), 0)
     w.end_round()
@@ -530,7 +477,7 @@ def test_one_failing_container_fails_its_whole_app_at_once() -> None:
 
 def test_app_passes_only_when_all_its_containers_are_stable_in_the_same_round() -> None:
     web, worker = target("gw", "web"), target("gw", "worker")
-    w = health.HealthWatch([web, worker], settings(stable_for=1))
+    w = health_rules.HealthWatch([web, worker], settings(stable_for=1))
     w.observe(web, running(), 0)
     w.observe(worker, restarting(0), 0)
     w.end_round()
@@ -546,7 +493,7 @@ def test_app_passes_only_when_all_its_containers_are_stable_in_the_same_round() 
 
 def test_host_commands_run_only_once_every_app_is_stable() -> None:
     a, b = target("a"), target("b", check=HTTP)
-    w = health.HealthWatch([a, b], settings(stable_for=0, commands=[("true",)]))
+    w = health_rules.HealthWatch([a, b], settings(stable_for=0, commands=[("true",)]))
     w.observe(a, running(), 0)
     w.observe(b, running(probe=BAD), 0)
     assert w.end_round() is False
@@ -561,7 +508,7 @@ def test_host_commands_run_only_once_every_app_is_stable() -> None:
 
 def test_failing_host_command_keeps_every_app_waiting_and_fails_them_all_at_the_timeout() -> None:
     a, b = target("a"), target("b")
-    w = health.HealthWatch([a, b], settings(timeout=5, stable_for=0, commands=[("false",)]))
+    w = health_rules.HealthWatch([a, b], settings(timeout=5, stable_for=0, commands=[("false",)]))
     for t in range(3):
         w.observe(a, running(), t)
         w.observe(b, running(), t)
@@ -577,7 +524,7 @@ def test_failing_host_command_keeps_every_app_waiting_and_fails_them_all_at_the_
 
 def test_host_commands_are_skipped_once_some_app_failed_on_its_own_checks() -> None:
     good, bad = target("good"), target("bad", restart="no")
-    w = health.HealthWatch([good, bad], settings(stable_for=0, commands=[("false",)]))
+    w = health_rules.HealthWatch([good, bad], settings(stable_for=0, commands=[("false",)]))
     w.observe(good, running(), 0)
     w.observe(bad, exited(1), 0)
     assert w.end_round() is False
@@ -587,7 +534,7 @@ def test_host_commands_are_skipped_once_some_app_failed_on_its_own_checks() -> N
 
 def test_timeout_names_every_container_not_yet_healthy_with_its_last_reason() -> None:
     web, db, cache = target("gw", "web", check=HTTP), target("gw", "db"), target("gw", "cache")
-    w = health.HealthWatch([web, db, cache], settings(timeout=3, stable_for=0))
+    w = health_rules.HealthWatch([web, db, cache], settings(timeout=3, stable_for=0))
     w.observe(web, running(probe=BAD), 0)
     w.observe(db, Observation("created", 0), 0)
     w.observe(cache, running(), 0)
@@ -601,207 +548,9 @@ def test_timeout_names_every_container_not_yet_healthy_with_its_last_reason() ->
 
 
 def test_a_target_from_another_wait_is_refused() -> None:
-    w = health.HealthWatch([target("a")], settings())
+    w = health_rules.HealthWatch([target("a")], settings())
     with pytest.raises(KeyError, match="not a target"):
         w.observe(target("a", "other"), running(), 0)
-
-
-# --- the wait loop, fake clock and scripted engine --------------------------------------------
-
-
-def test_healthy_app_passes_after_about_stable_for() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(clock, {"id-a-web": [(0, INFO_RUNNING)]})
-    verdict = wait(engine, [target("a")], settings(timeout=10, stable_for=2))
-    assert verdict.healthy
-    assert verdict.failed == {}
-    assert verdict.seconds == pytest.approx(2.0)
-    assert all(s <= 0.25 for s in clock.sleeps)
-
-
-def test_container_that_exited_for_good_fails_without_waiting() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(clock, {"id-a-web": [(0, HealthInfo("exited", None, 0, 1))]})
-    verdict = wait(engine, [target("a", restart="no")], settings(timeout=60))
-    assert not verdict.healthy
-    assert verdict.seconds == 0
-    assert clock.sleeps == []
-    assert verdict.failed["a"].startswith("web: exited with code 1")
-
-
-def test_failing_exec_check_fails_at_the_timeout_with_its_last_reason() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, 3)]}
-    )
-    patient = replace(EXEC, failure_threshold=10)  # the timeout comes first
-    verdict = wait(engine, [target("a", check=patient)], settings(timeout=4))
-    assert verdict.seconds == pytest.approx(4.0)
-    assert verdict.failed == {
-        "a": "not healthy within 4 s: web: exec check ['test', '-f', '/ready']: exited 3 "
-        "(3 in a row)"
-    }
-
-
-def test_exec_check_that_passes_later_passes_within_the_timeout() -> None:
-    clock = FakeClock()
-    start = clock.now
-    engine = ScriptedEngine(
-        clock,
-        {"id-a-web": [(0, INFO_RUNNING)]},
-        exec_codes={"id-a-web": [(0, 1), (start + 1.5, 0)]},
-    )
-    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=10, stable_for=1))
-    assert verdict.healthy
-    # Probed at 0 (fails) and at 2 (passes: the interval), then stable for 1 s.
-    assert verdict.seconds == pytest.approx(3.0)
-
-
-def test_engine_error_from_exec_is_no_failed_probe_and_not_a_crash() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock,
-        {"id-a-web": [(0, INFO_RUNNING)]},
-        exec_codes={"id-a-web": [(0, errors.EngineError("exec refused"))]},
-    )
-    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=10))
-    # The engine could not run it (it may be restarting): the timeout decides, not the count.
-    assert verdict.seconds == pytest.approx(10.0)
-    assert verdict.failed["a"].startswith("not healthy within 10 s")
-    assert "could not run: exec refused" in verdict.failed["a"]
-
-
-def test_engine_error_on_inspect_waits_and_is_the_reason_at_the_timeout() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(clock, {"id-a-web": [(0, errors.EngineError("engine gone"))]})
-    verdict = wait(engine, [target("a")], settings(timeout=2))
-    assert verdict.failed == {"a": "not healthy within 2 s: web: cannot inspect: engine gone"}
-    assert verdict.seconds == pytest.approx(2.0)
-
-
-def test_probes_are_not_run_on_a_container_that_is_not_running() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock,
-        {"id-a-web": [(0, HealthInfo("restarting", None, 1, 1))]},
-        exec_codes={"id-a-web": [(0, 0)]},
-    )
-    wait(engine, [target("a", check=EXEC)], settings(timeout=1))
-    assert ("exec", "id-a-web") not in engine.calls
-
-
-def test_one_failing_app_does_not_stop_the_others_and_the_wait_ends_when_all_are_decided() -> None:
-    clock = FakeClock()
-    start = clock.now
-    engine = ScriptedEngine(
-        clock,
-        {
-            "id-good-web": [(0, INFO_RUNNING)],
-            "id-bad-web": [(0, INFO_RUNNING), (start + 0.5, HealthInfo("exited", None, 0, 2))],
-        },
-    )
-    targets = [target("good"), target("bad", restart="no")]
-    verdict = wait(engine, targets, settings(timeout=30, stable_for=3))
-    assert set(verdict.failed) == {"bad"}
-    assert verdict.seconds == pytest.approx(3.0)
-
-
-def test_decided_apps_are_no_longer_inspected() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock,
-        {"id-good-web": [(0, INFO_RUNNING)], "id-bad-web": [(0, HealthInfo("dead", None, 0, 0))]},
-    )
-    wait(engine, [target("good"), target("bad")], settings(timeout=30, stable_for=2))
-    assert engine.calls.count(("inspect", "id-bad-web")) == 1
-
-
-def test_crash_loop_is_decided_before_the_timeout() -> None:
-    clock = FakeClock()
-    start = clock.now
-    engine = ScriptedEngine(
-        clock,
-        {
-            "id-a-web": [
-                (0, INFO_RUNNING),
-                (start + 1.0, HealthInfo("running", None, 1, 1)),
-                (start + 2.0, HealthInfo("running", None, 2, 1)),
-            ]
-        },
-    )
-    verdict = wait(engine, [target("a")], settings(timeout=60, stable_for=1.5))
-    assert "keeps restarting" in verdict.failed["a"]
-    assert verdict.seconds == pytest.approx(2.0)
-
-
-def test_host_command_true_passes_and_false_fails_every_app_at_the_timeout() -> None:
-    inspect = {"id-a-web": [(0, INFO_RUNNING)], "id-b-web": [(0, INFO_RUNNING)]}
-    targets = [target("a"), target("b")]
-    passing = wait(
-        ScriptedEngine(FakeClock(), inspect), targets, settings(stable_for=1, commands=[("true",)])
-    )
-    assert passing.healthy
-    failing = wait(
-        ScriptedEngine(FakeClock(), inspect),
-        targets,
-        settings(timeout=3, stable_for=1, commands=[("true",), ("false",)]),
-    )
-    reason = "not healthy within 3 s: host check ['false'] exited 1"
-    assert failing.failed == {"a": reason, "b": reason}
-    assert failing.seconds == pytest.approx(3.0)
-
-
-def test_an_app_failing_its_probes_is_decided_after_three_intervals_not_the_timeout() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, 1)]}
-    )
-    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=120))
-    assert verdict.seconds == pytest.approx(4.0)  # probes at 0, 2 and 4 s
-    assert verdict.failed["a"].startswith("web: unhealthy: exec check")
-    assert engine.calls.count(("exec", "id-a-web")) == 3
-    assert engine.calls.count(("inspect", "id-a-web")) == 17  # every 0.25 s meanwhile
-
-
-def test_an_exec_probe_still_running_at_its_timeout_is_a_failed_probe() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, None)]}
-    )
-    verdict = wait(engine, [target("a", check=EXEC)], settings(timeout=120))
-    assert verdict.seconds == pytest.approx(4.0)
-    assert "timed out (still running)" in verdict.failed["a"]
-
-
-def test_a_short_interval_wakes_the_loop_before_the_poll() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(
-        clock, {"id-a-web": [(0, INFO_RUNNING)]}, exec_codes={"id-a-web": [(0, 1)]}
-    )
-    fast = replace(EXEC, interval=0.1)
-    verdict = wait(engine, [target("a", check=fast)], settings(timeout=120))
-    assert verdict.seconds == pytest.approx(0.2)
-    assert all(s <= 0.1 + 1e-9 for s in clock.sleeps)
-
-
-def test_an_engine_that_cannot_be_asked_is_retried_each_poll_not_in_a_busy_loop() -> None:
-    clock = FakeClock()
-    start = clock.now
-    engine = ScriptedEngine(
-        clock,
-        {"id-a-web": [(0, INFO_RUNNING), (start + 1, errors.EngineError("engine gone"))]},
-        exec_codes={"id-a-web": [(0, 0)]},
-    )
-    wait(engine, [target("a", check=EXEC)], settings(timeout=5, stable_for=100))
-    assert min(clock.sleeps) == pytest.approx(0.25)
-
-
-def test_no_targets_is_healthy_at_once_and_runs_nothing() -> None:
-    clock = FakeClock()
-    engine = ScriptedEngine(clock, {})
-    verdict = wait(engine, [], settings(commands=[("false",)]))
-    assert verdict == health.Verdict(failed={}, seconds=0)
-    assert engine.calls == []
 
 
 # --- the manifest fields (SPEC 2.1 health) -----------------------------------------------------

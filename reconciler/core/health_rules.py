@@ -1,31 +1,29 @@
-"""Health of the apps a cycle changed: SPEC 2.1 `health`, 3.1 `health:`, 3.2 step 6.
+"""Health rules: observations in, verdicts out (SPEC 2.1 `health`, 3.1 `health:`, 3.2 step 6).
 
-Owns: deciding, per app, whether its containers are healthy within `health.timeout`, and why not.
-`cycle` calls `wait_healthy` after applying; an empty `Verdict.failed` means commit, anything
-else means roll back and hold those apps' revisions back.
-
-Shape: a pure core (`ContainerWatch`: what one observation means, the certain-failure rules and
-the stable window; `HealthWatch`: per-app decisions, host checks, the timeout) driven by a thin
-shell (`wait_healthy`: inspect, probe, run host commands, sleep). The core takes observations and
-times as plain values, so it is tested with a fake clock and no engine.
+Owns: deciding, per app, whether its containers are healthy within `health.timeout`, and why not,
+from observations and times given as plain values (`ContainerWatch`: what one observation means,
+the certain-failure rules and the stable window; `HealthWatch`: per-app decisions, host checks,
+the timeout). `device.health_wait` is the shell that feeds it: it inspects, probes, runs host
+commands and sleeps. An empty `Verdict.failed` means commit, anything else means roll back and
+hold those apps' revisions back. Tested with a fake clock and no engine.
 
 Rules, per container:
 - It must be running and its check (if any) must pass: `http` GET on the published host port,
   status 200..399 (redirects are not followed: a 3xx passes); `tcp` connect, and the connection
-  is not closed at once (Docker's userland proxy accepts on the host port and then closes when
-  nothing listens in the container, so a bare connect would always pass); `exec` exits 0 inside
-  the container; `docker` the image's HEALTHCHECK reports "healthy".
+  is not closed at once; `exec` exits 0 inside the container; `docker` the image's HEALTHCHECK
+  reports "healthy".
 - Then it must stay running with an unchanged restart count for `stable_for` seconds (the stable
   window). A restart moves the window's start to the next passing observation; a check that fails
   inside the window does not restart it, but the app passes only on an observation whose check
   passes (SPEC 3.1: "stay running, without restarts, this long").
 - The check is probed every `health.interval` (SPEC 2.1; default 2 s) while the container runs;
-  its state is inspected more often (`POLL_INTERVAL`), and the last probe's result stands until
-  the next one. A restart or a stop drops that result and makes the next probe due at once.
-  A failed probe: an HTTP answer outside 200..399, a refused, reset or timed-out connection, an
-  `exec` exiting non-zero or running past its timeout, a HEALTHCHECK reporting "unhealthy" (read
-  from the inspect at each probe time). Not a failed probe: an engine that cannot be asked (it
-  may be restarting) and a HEALTHCHECK still "starting". A passing probe resets the count.
+  its state is inspected more often (`health_wait.POLL_INTERVAL`), and the last probe's result
+  stands until the next one. A restart or a stop drops that result and makes the next probe due
+  at once. A failed probe: an HTTP answer outside 200..399, a refused, reset or timed-out
+  connection, an `exec` exiting non-zero or running past its timeout, a HEALTHCHECK reporting
+  "unhealthy" (read from the inspect at each probe time). Not a failed probe: an engine that
+  cannot be asked (it may be restarting) and a HEALTHCHECK still "starting". A passing probe
+  resets the count.
 - Failure is decided at once, without waiting out the timeout, when it is certain:
   - `failure_threshold` failed probes in a row after `start_period` (counted from the start of
     the wait, which begins right after the apply started the containers);
@@ -56,39 +54,20 @@ Per app and device:
   rolls back anyway, and the apps that passed are tried again next cycle without it (SPEC 3.2).
 - No targets: healthy at once (nothing changed that could be blamed).
 
-Must not: import `docker` (probes go through `HealthEngine`), follow redirects or HTTP proxies
-(`http.client`, not urllib: a device's HTTP_PROXY must not route loopback checks), or run host
-commands through a shell.
+Must not: do I/O, read a clock or sleep; every time is an argument.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import logging
-import os
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from reconciler import errors, logs, model
+from reconciler import model
 from reconciler.core.settings import HealthSettings
-from reconciler.ports import HealthEngine, HealthInfo
+from reconciler.ports import HealthInfo
 
-_log = logging.getLogger("reconciler.health")
-
-PROBE_TIMEOUT = 2.0  # one http/tcp probe; no answer within it is a failed probe
-POLL_INTERVAL = 0.25  # between inspects of the containers; probes follow each check's interval
-_DUE_SLACK = 0.01  # a probe this close to due runs now rather than a round later
-# How long a tcp probe waits to see whether the connection is closed at once (userland proxy
-# with nothing listening behind it closes within milliseconds of the accept).
-TCP_LINGER = 0.2
-MIN_COMMAND_TIMEOUT = 1.0  # a host command near the deadline still gets a fair chance
-_REASON_TAIL = 200  # characters of a host command's stderr kept in the reason
+DUE_SLACK = 0.01  # a probe this close to due runs now rather than a round later
 _WILDCARD_IPS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared, never bound
 _CERTAIN_RESTARTS = 2  # restarts since the wait began that make a crash loop certain
 _CERTAIN_EPISODES = 2  # separate "restarting" episodes seen that make a crash loop certain
@@ -117,7 +96,7 @@ class Verdict:
         return not self.failed
 
 
-# --- pure core: one container ----------------------------------------------------------------
+# --- one container ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -203,7 +182,7 @@ def probe_host(spec: model.ContainerSpec, port: int) -> str:
 
 
 def http_url(host: str, port: int, path: str) -> str:
-    return f"http://{_host_port(host, port)}{_request_path(path)}"
+    return f"http://{_host_port(host, port)}{request_path(path)}"
 
 
 class ContainerWatch:
@@ -243,7 +222,7 @@ class ContainerWatch:
 
     def probe_due(self, now: float) -> bool:
         """Whether the check should be probed on an observation made at `now`."""
-        return self._next_probe is None or now >= self._next_probe - _DUE_SLACK
+        return self._next_probe is None or now >= self._next_probe - DUE_SLACK
 
     @property
     def next_probe(self) -> float | None:
@@ -424,7 +403,7 @@ def _status_reason(seen: Observation, restart: model.RestartPolicy) -> str:
     return f"is {seen.status or 'in an unknown state'}, not running"
 
 
-# --- pure core: apps, host checks, timeout ---------------------------------------------------
+# --- apps, host checks, timeout --------------------------------------------------------------
 
 
 class HealthWatch:
@@ -525,182 +504,10 @@ class HealthWatch:
             self.failed[target.app] = f"{target.container}: {assessment.reason}"
 
 
-# --- shell: probes, host commands, the wait loop ---------------------------------------------
-
-
-def wait_healthy(
-    engine: HealthEngine,
-    targets: Sequence[Target],
-    settings: HealthSettings,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    poll: float = POLL_INTERVAL,
-) -> Verdict:
-    """Wait until every app in `targets` is healthy or certainly not, at most `settings.timeout`.
-
-    Containers are inspected every `poll` seconds (sooner when a probe falls due); each check is
-    probed at its own `interval`. Probes run one after another; each http/tcp probe and host
-    command is bounded (`PROBE_TIMEOUT`, the time left), an `exec` check by the engine adapter.
-    """
-    started = clock()
-    deadline = started + settings.timeout
-    watch = HealthWatch(targets, settings, started=started)
-    while not watch.done:
-        for target in watch.to_observe():
-            _observe(engine, watch, target, clock=clock, deadline=deadline)
-        if watch.end_round():
-            left = max(deadline - clock(), MIN_COMMAND_TIMEOUT)
-            watch.host_checks(run_host_commands(settings.commands, timeout=left))
-        now = clock()
-        if watch.done:
-            break
-        if now >= deadline:
-            watch.expire(settings.timeout)
-            break
-        wake = min(now + poll, deadline)
-        due = watch.next_probe()
-        if due is not None and due > now:  # one overdue (engine unreachable) waits a poll
-            wake = min(wake, due)
-        sleep(max(wake - now, _DUE_SLACK))
-    seconds = clock() - started
-    for app in watch.passed:
-        logs.event(_log, logging.INFO, "health.passed", app=app, seconds=round(seconds, 2))
-    for app, reason in watch.failed.items():
-        logs.event(_log, logging.WARNING, "health.failed", app=app, reason=reason)
-    return Verdict(failed=dict(watch.failed), seconds=seconds)
-
-
-def _observe(
-    engine: HealthEngine,
-    watch: HealthWatch,
-    target: Target,
-    *,
-    clock: Callable[[], float],
-    deadline: float,
-) -> None:
-    try:
-        info = engine.inspect_health(target.container_id)
-    except errors.EngineError as exc:
-        watch.unreachable(target, f"cannot inspect: {exc}")
-        return
-    probe = None
-    if (
-        info.status == "running"
-        and target.spec.health is not None
-        and watch.probe_due(target, clock())
-    ):
-        timeout = min(PROBE_TIMEOUT, max(deadline - clock(), 0.1))
-        probe = run_probe(engine, target, timeout=timeout)
-    watch.observe(target, Observation.from_info(info, probe), clock())
-
-
-def run_probe(engine: HealthEngine, target: Target, *, timeout: float) -> ProbeResult | None:
-    """Run the container's http/tcp/exec check once; None for `docker` (inspect carries it)."""
-    check = target.spec.health
-    if check is None or check.kind == "docker":
-        return None
-    if check.kind == "exec":
-        try:
-            code = engine.exec_run(target.container_id, check.command)
-        except errors.EngineError as exc:
-            return ProbeResult(ok=False, detail=f"could not run: {exc}", counts=False)
-        if code is None:
-            return ProbeResult(ok=False, detail="timed out (still running)")
-        return ProbeResult(ok=code == 0, detail=f"exited {code}")
-    port = check.port or 0
-    host = probe_host(target.spec, port)
-    if check.kind == "http":
-        return probe_http(host, port, check.path, timeout=timeout)
-    return probe_tcp(host, port, timeout=timeout)
-
-
-def probe_http(host: str, port: int, path: str, *, timeout: float) -> ProbeResult:
-    """GET http://host:port/path; 200..399 passes. No redirects followed, no proxy used."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request("GET", _request_path(path), headers={"Connection": "close"})
-        status = connection.getresponse().status
-    except (OSError, http.client.HTTPException) as exc:
-        return ProbeResult(ok=False, detail=_describe_io_error(exc, timeout))
-    finally:
-        connection.close()
-    return ProbeResult(ok=200 <= status <= 399, detail=f"answered {status}")
-
-
-def probe_tcp(host: str, port: int, *, timeout: float) -> ProbeResult:
-    """Connect, then make sure the connection is not closed at once (see the module docstring)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
-            connection.settimeout(min(TCP_LINGER, timeout))
-            try:
-                first = connection.recv(1)
-            except TimeoutError:
-                return ProbeResult(ok=True, detail="accepts connections")
-            if first:
-                return ProbeResult(ok=True, detail="accepts connections (sent a greeting)")
-            return ProbeResult(
-                ok=False,
-                detail="connection closed at once (nothing listens behind the published port)",
-            )
-    except OSError as exc:
-        return ProbeResult(ok=False, detail=_describe_io_error(exc, timeout))
-
-
-def run_host_commands(commands: Sequence[Sequence[str]], *, timeout: float) -> str | None:
-    """Run the device-level checks in order, no shell; None when all exit 0, else the reason
-    naming the first that did not (its exit code and the tail of its stderr)."""
-    for argv in commands:
-        failure = _run_host_command(argv, timeout=timeout)
-        if failure is not None:
-            return f"host check {list(argv)!r} {failure}"
-    return None
-
-
-def _run_host_command(argv: Sequence[str], *, timeout: float) -> str | None:
-    try:
-        # Own session, so a timeout kills the command's children too, not just the command.
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return f"could not start: {exc.strerror or exc}"
-    with process:
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            # A grandchild that left the session could hold stderr open: do not wait on it.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.communicate(timeout=1.0)
-            return f"timed out after {timeout:.1f} s"
-    if process.returncode == 0:
-        return None
-    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] if stderr else []
-    said = f": {tail[0][:_REASON_TAIL]}" if tail else ""
-    return f"exited {process.returncode}{said}"
-
-
-def _describe_io_error(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:.1f} s"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "connection closed without an answer"
-    return f"{type(exc).__name__}: {exc}"
+def request_path(path: str) -> str:
+    """The request target of an http check: its path, rooted."""
+    return path if path.startswith("/") else f"/{path}"
 
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _request_path(path: str) -> str:
-    return path if path.startswith("/") else f"/{path}"

@@ -1,0 +1,260 @@
+"""The device verbs: `run`, `once`, `status`, `sync`, `rollback` (SPEC 3.3).
+
+Each loads the device config, then hands over to `device/` (the daemon, one cycle, the state
+store) and turns the outcome into an exit code; `status` reads state and the engine without the
+state lock. Heavy modules (docker, prometheus_client) are imported inside the verbs that need
+them, so `reconciler --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from reconciler.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Verbs,
+    add_verb,
+    load_device_settings,
+)
+
+if TYPE_CHECKING:
+    from reconciler.core.settings import DeviceSettings
+    from reconciler.device.cycle import CycleOutcome, Reconciler
+
+
+def add_verbs(verbs: Verbs) -> None:
+    run = add_verb(
+        verbs,
+        "run",
+        help_text="The daemon: cycle every poll interval; reload on config/labels change and "
+        "SIGHUP; stop on SIGTERM.",
+        example="reconciler run --config /etc/reconciler/config.yaml",
+        handler=_run,
+    )
+    once = add_verb(
+        verbs,
+        "once",
+        help_text="Run one reconcile cycle, then exit (0 converged or nothing to do, 1 failed "
+        "and state kept, 2 bad config, 3 rolled back).",
+        example="reconciler once --config ./lab/config.yaml",
+        handler=_once,
+    )
+    status = add_verb(
+        verbs,
+        "status",
+        help_text="Show the applied release and commit, apps and their containers, held-back "
+        "revisions, last fetch and last error.",
+        example="reconciler status --json | jq .apps",
+        handler=_status,
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sync = add_verb(
+        verbs,
+        "sync",
+        help_text="Ask the running daemon to cycle now.",
+        example="reconciler sync --config /etc/reconciler/config.yaml",
+        handler=_sync,
+    )
+    rollback = add_verb(
+        verbs,
+        "rollback",
+        help_text="Return every app to the previous good state by hand (the revisions left are "
+        "held back until their manifest changes). With a daemon running, it does it.",
+        example="reconciler rollback --config /etc/reconciler/config.yaml",
+        handler=_rollback,
+    )
+    for parser in (run, once, status, sync, rollback):
+        parser.add_argument(
+            "--config",
+            help="device config (default: $RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
+        )
+    for parser in (run, once, rollback):
+        parser.add_argument(
+            "--log-level", default="info", choices=("debug", "info", "warning", "error")
+        )
+
+
+def _on_device(
+    args: argparse.Namespace, verb: str, act: Callable[[Reconciler], CycleOutcome]
+) -> CycleOutcome | int:
+    """Load the config, take the state lock, open the adapters and `act`; an exit code when
+    any of that fails (StateLocked propagates: `rollback` hands over to a running daemon)."""
+    from reconciler import logs
+    from reconciler.core.state import StateError
+    from reconciler.device import wiring
+    from reconciler.device.state_store import StateStore
+
+    loaded = load_device_settings(args, verb)
+    if isinstance(loaded, int):
+        return loaded
+    _path, device_settings = loaded
+    logs.setup(level=args.log_level)
+    try:
+        with (
+            StateStore(device_settings.state_dir).lock(),
+            wiring.open_device(device_settings) as dev,
+        ):
+            return act(dev.reconciler)
+    except (StateError, OSError) as exc:
+        print(f"{verb}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _once(args: argparse.Namespace) -> int:
+    from reconciler.device.state_store import StateLocked
+
+    try:
+        outcome = _on_device(args, "once", lambda r: r.cycle())
+    except StateLocked as exc:
+        print(f"once: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{outcome.result}: {outcome.message}")
+    return outcome.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from reconciler import logs
+    from reconciler.core.state import StateError
+    from reconciler.device import daemon
+    from reconciler.device.state_store import StateLocked
+
+    loaded = load_device_settings(args, "run")
+    if isinstance(loaded, int):
+        return loaded
+    path, device_settings = loaded
+    logs.setup(level=args.log_level)
+    try:
+        return daemon.run(path, device_settings)
+    except (StateLocked, StateError, OSError) as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from reconciler.adapters.docker_engine import DockerEngine
+    from reconciler.core import state, status
+    from reconciler.device import daemon, state_store
+    from reconciler.errors import EngineError
+
+    loaded = _status_settings(args)
+    if isinstance(loaded, int):
+        return loaded
+    ds, config_error = loaded
+    try:
+        saved = state_store.StateStore(ds.state_dir).load()
+    except (state.StateError, OSError) as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    engine = DockerEngine(
+        base_url=ds.runtime.docker_host, namespace=ds.runtime.namespace, timeout=10
+    )
+    observed = volumes = engine_error = None
+    try:
+        observed = engine.list_managed()
+        volumes = engine.list_volumes()
+    except EngineError as exc:
+        engine_error = str(exc)
+    finally:
+        engine.close()
+    fetched = None
+    if daemon.running_pid(ds.state_dir) is not None:
+        from reconciler.device import metrics  # prometheus_client: only when a daemon may answer
+
+        seconds = metrics.read_last_fetch(ds.metrics.listen)
+        if seconds is not None:
+            fetched = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc = status.report(
+        saved,
+        device=ds.device.name,
+        state_dir=ds.state_dir,
+        observed=observed,
+        volumes=volumes,
+        engine_error=engine_error,
+        state_dir_error=state_store.write_problem(ds.state_dir),
+        fetched_by_daemon=fetched,
+        config_error=config_error,
+    )
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print("\n".join(status.render(doc)))
+    return EXIT_OK
+
+
+def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | None] | int:
+    """The settings `status` reports on, and why the config or labels.d cannot be loaded now.
+
+    A labels.d file that went bad does not hide the device's status: the config alone names
+    state_dir and the engine, and the problem is shown (a running daemon keeps its previous
+    settings). A config file that is itself invalid is a bad config (exit 2).
+    """
+    import os
+    import socket
+
+    from reconciler import text
+    from reconciler.core import settings
+    from reconciler.device import wiring
+    from reconciler.errors import SettingsError
+
+    path = settings.config_path(args.config, os.environ)
+    try:
+        return wiring.load_settings(path), None
+    except SettingsError as exc:
+        failure: Exception = exc
+    except Exception as exc:  # a parser crash on a hostile labels.d file
+        failure = exc
+    try:
+        alone = settings.read(path, env=os.environ, hostname=socket.gethostname())
+    except SettingsError:
+        again = load_device_settings(args, "status")  # prints every problem: exit 2
+        return again if isinstance(again, int) else (again[1], None)
+    if isinstance(failure, SettingsError):
+        problem = text.one_line("; ".join(str(p) for p in failure.problems))
+    else:
+        problem = wiring.load_failure(path, alone.device.labels_dir, failure)
+    return alone, problem
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from reconciler.device import daemon
+    from reconciler.device.state_store import StateLocked
+
+    try:
+        outcome = _on_device(args, "rollback", lambda r: r.roll_back_by_hand())
+    except StateLocked:
+        loaded = load_device_settings(args, "rollback")
+        if isinstance(loaded, int):
+            return loaded
+        problem = daemon.request_rollback(loaded[1].state_dir)
+        if problem:
+            print(f"rollback: {problem}", file=sys.stderr)
+            return EXIT_FAILED
+        print("rollback: asked the running daemon to roll back; see reconciler status")
+        return EXIT_OK
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{outcome.result}: {outcome.message}")
+    return EXIT_OK if outcome.result == "converged" else EXIT_FAILED
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from reconciler.device import daemon
+
+    loaded = load_device_settings(args, "sync")
+    if isinstance(loaded, int):
+        return loaded
+    problem = daemon.send_sync(loaded[1].state_dir)
+    if problem:
+        print(f"sync: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    print("sync: asked the daemon to cycle now")
+    return EXIT_OK
