@@ -133,12 +133,18 @@ class DockerEngine:
                     f"docker engine ({self._where}): connect: no socket at {socket_path}; "
                     "is dockerd (or podman.socket) running?"
                 )
+            # types-docker types the timeout as int; docker-py passes it on to requests, whose
+            # timeouts are float seconds.
             with self._boundary("connect"):
                 if self._base_url is None:
-                    self._client = docker.from_env(timeout=self._timeout).api
+                    self._client = docker.from_env(
+                        timeout=self._timeout,  # type: ignore[arg-type]  # float seconds
+                    ).api
                 else:
                     self._client = docker.APIClient(
-                        base_url=self._base_url, version="auto", timeout=self._timeout
+                        base_url=self._base_url,
+                        version="auto",
+                        timeout=self._timeout,  # type: ignore[arg-type]  # float seconds
                     )
         return self._client
 

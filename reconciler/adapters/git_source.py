@@ -263,7 +263,7 @@ class GitSource:
                     raise FileRejected(prefix, f"is a {_kind(entry.mode)}; it is never followed")
                 tree = entry
             return sorted(
-                item.path
+                str(item.path)  # a str for a tree entry; GitPython types it as any path
                 for item in tree.traverse()
                 if isinstance(item, git.Blob) and _kind(item.mode) == "regular file"
             )

@@ -24,9 +24,12 @@ from reconciler.core import durations, labels
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_./-]+")
 
 
+_KIND_NAMES: dict[type, str] = {list: "a list", dict: "a mapping"}
+
+
 def _kind(value: object) -> str:
     """What a non-scalar is, for `got ...`: a list or mapping by its YAML name, else its type."""
-    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return _KIND_NAMES.get(type(value), type(value).__name__)
 
 
 def show_json(value: object) -> str:
@@ -235,7 +238,7 @@ def rule(base: Check, problem_of: Callable[[str], str | None]) -> Check:
     """`base` (a check returning text or None), then a rule that says why the text is wrong."""
 
     def run(r: Report, where: str, value: object) -> str | None:
-        text = base(r, where, value)
+        text: str | None = base(r, where, value)
         if text is not None and (problem := problem_of(text)):
             r.add(where, problem)
         return text
