@@ -157,7 +157,7 @@ def sign_written_release(
     err: TextIO | None = None,
 ) -> int:
     """Sign the release bytes just written and put the bundle beside them; 0 or 1."""
-    from reconciler.adapters import sigstore_signer
+    from reconciler.fleet import signing as sigstore_signer
 
     err = err or sys.stderr
     try:
