@@ -75,7 +75,14 @@ class TransientError(ReconcilerError):
 
 
 class FetchError(TransientError):
-    """No remote of the fleet repo answered."""
+    """No remote of the fleet repo answered.
+
+    `failures`: (redacted remote, reason) of every remote tried, in order, when the source tried
+    several (the daemon counts `reconciler_fetch_errors_total{remote}` from it); empty when the
+    failure was not a remote's (the local cache, say).
+    """
+
+    failures: tuple[tuple[str, str], ...] = ()
 
 
 class EngineError(TransientError):
@@ -88,7 +95,3 @@ class ApplyError(ReconcilerError):
     def __init__(self, message: str, *, app: str | None = None) -> None:
         super().__init__(message)
         self.app = app
-
-
-class HealthCheckFailed(ReconcilerError):
-    """A required check failed: roll back."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import git
 
-from reconciler import errors
+from reconciler import errors, logs
 from reconciler import text as text_mod
 from reconciler.core.urls import branch_problem, redact, scrub, url_problem
 
@@ -215,8 +215,8 @@ class GitSource:
         # Success after failures: the operator should learn that the primary is down.
         if failures:
             failed = "; ".join(f"{name}: {reason}" for name, reason in failures)
-            self._log.warning(
-                "git remote used after failures: remote=%s failed=%s", used.name, failed
+            logs.event(
+                self._log, logging.WARNING, "fetch.failover", remote=used.name, failed=failed
             )
 
     # --- objects ---------------------------------------------------------------------------

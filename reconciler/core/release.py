@@ -2,8 +2,8 @@
 
 Owns the file's shape and the pure rules around it: which manifest bytes a release pins, when an
 app's `since` carries over, version succession (rollback and equivocation refused) and expiry.
-Pure: bytes and values in, values out. It must not read Git, verify signatures (that is
-`signatures`) or decide what runs where (that is `desired`).
+Pure: bytes and values in, values out. It must not read Git, verify signatures (the
+ReleaseVerifier port does, `adapters.sigstore_verifier`) or decide what runs where (`desired`).
 """
 
 from __future__ import annotations
