@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from reconciler import errors
 from reconciler.core import labels
+from reconciler.text import utc_time
 
 SCHEMA = "reconciler/release/v1"
 RELEASE_PATH = ".fleet/release.json"
@@ -129,15 +130,15 @@ def serialize(release: Release) -> bytes:
     """The exact bytes that are signed: same release, same bytes (sorted keys, fixed layout)."""
     apps: dict[str, dict[str, Any]] = {}
     for path, pin in release.apps:
-        entry: dict[str, Any] = {"sha256": pin.sha256, "since": _format_time(pin.since)}
+        entry: dict[str, Any] = {"sha256": pin.sha256, "since": utc_time(pin.since)}
         if pin.images:
             entry["images"] = dict(pin.images)
         apps[path] = entry
     body = {
         "schema": SCHEMA,
         "version": release.version,
-        "created": _format_time(release.created),
-        "expires": _format_time(release.expires),
+        "created": utc_time(release.created),
+        "expires": utc_time(release.expires),
         "source_commit": release.source_commit,
         "apps": apps,
     }
@@ -396,13 +397,6 @@ def _utc(moment: datetime) -> datetime:
         # A naive time is a bug at the caller: guessing its zone would shift rollout waves.
         raise ValueError(f"expected a timezone-aware time, got {moment!r}")
     return moment.astimezone(UTC)
-
-
-def _format_time(moment: datetime) -> str:
-    # Not strftime("%Y"): it writes year 999 as "999", which `_TIME` (four digits) refuses;
-    # isoformat always writes four.
-    naive = _utc(moment).replace(tzinfo=None)
-    return naive.isoformat(timespec="seconds") + "Z"
 
 
 def _q(text: str) -> str:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.errors import ReconcilerError
+from reconciler.text import utc_time
 
 ROOT_KEY = "root.key.pem"
 ROOT_CERT = "root.pem"
@@ -401,7 +402,7 @@ def _trusted_root(
     ct_log_key: ec.EllipticCurvePrivateKey,
     rekor_key: ec.EllipticCurvePrivateKey,
 ) -> dict[str, object]:
-    valid_for = {"start": _VALID_FROM.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    valid_for = {"start": utc_time(_VALID_FROM)}
 
     def log(url: str, key: ec.EllipticCurvePrivateKey) -> dict[str, object]:
         return {
