@@ -1,4 +1,5 @@
-"""Generic field checks shared by the YAML file parsers (settings, manifests, inventory).
+"""Generic field checks shared by the document parsers: the YAML files (settings, manifests,
+inventory) and the JSON ones (release.json, state.json).
 
 Owns the machinery every validator of a loaded document needs: collecting the Problems of one
 file (`Report`), checking a mapping's keys against the allowed and required ones, the
@@ -65,6 +66,46 @@ def show_literal(value: object) -> str:
     return _kind(value)
 
 
+def show_kind(value: object) -> str:
+    """What a value is, never the value: `null`, `a boolean`, `an integer`, `a string`, `a list`,
+    `an object`, else its type's name (state.json: the device's own file, echoed in no message)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return _STATE_KIND_NAMES.get(type(value), type(value).__name__)
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words: `null`, `a boolean`, `a number`, `a string`,
+    `an array`, `an object` (release.json)."""
+    if value is None:
+        return "null"
+    return _JSON_KIND_NAMES.get(type(value), "a number")
+
+
+def show_json_literal(value: object) -> str:
+    """Scalars as JSON literals (`null`, `true`, `5`, `"text"`, cut at 80 characters), else
+    `json_kind` (release.json)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return _cut(json.dumps(value))
+    return json_kind(value)
+
+
+_JSON_KIND_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+}
+_STATE_KIND_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+}
+
+
 def _cut(shown: str, limit: int = 80) -> str:
     """`shown` cut to `limit` characters: a found value is echoed, never a megabyte of it."""
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
@@ -118,6 +159,12 @@ INVENTORY_WORDING = Wording(
     unknown=MANIFEST_WORDING.unknown,
     missing=MANIFEST_WORDING.missing,
 )
+# The signed release.json (core.release): JSON's words.
+RELEASE_WORDING = Wording(
+    show=show_json_literal, join=join_dotted, unknown="unknown key", missing="missing"
+)
+# The device's state.json (core.state): the reconciler's own file, so terse.
+STATE_WORDING = Wording(show=show_kind, join=join_dotted, unknown="unknown key", missing="missing")
 
 
 @dataclass
