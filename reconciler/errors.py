@@ -96,10 +96,13 @@ class TransientError(ReconcilerError):
 
 
 class FetchError(TransientError):
-    """No remote of the fleet repo answered."""
+    """No remote of the fleet repo answered.
 
-    # (redacted remote, reason) of each remote tried, in order: the daemon counts
-    # reconciler_fetch_errors_total{remote} from them.
+    `failures`: (redacted remote, reason) of every remote tried, in order, when the source tried
+    several (the daemon counts `reconciler_fetch_errors_total{remote}` from it); empty when the
+    failure was not a remote's (the local cache, say).
+    """
+
     failures: tuple[tuple[str, str], ...] = ()
 
 
@@ -113,7 +116,3 @@ class ApplyError(ReconcilerError):
     def __init__(self, message: str, *, app: str | None = None) -> None:
         super().__init__(message)
         self.app = app
-
-
-class HealthCheckFailed(ReconcilerError):
-    """A required check failed: roll back."""

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from reconciler.text import utc_time
+
 # Attribute names on the LogRecord; `extra` must not reuse LogRecord's own attributes.
 _EVENT = "event"
 _FIELDS = "fields"
@@ -135,7 +137,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         name, fields = record_fields(record)
         doc: dict[str, Any] = {
-            "ts": _iso_utc(record.created),
+            "ts": utc_time(datetime.fromtimestamp(record.created, UTC), timespec="milliseconds"),
             "level": record.levelname.lower(),
             "event": name,
         }
@@ -226,8 +228,3 @@ def _safe_str(value: Any) -> str:
 
 def _exception_text(exc_info: Any) -> str:
     return "".join(traceback.format_exception(*exc_info))
-
-
-def _iso_utc(created: float) -> str:
-    moment = datetime.fromtimestamp(created, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

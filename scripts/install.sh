@@ -33,6 +33,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
+# The test extra brings pytest, ruff, mypy (with the docker, PyYAML and requests stubs) and
+# import-linter; the stamp follows pyproject.toml, so a new tool there is installed next run.
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
     echo "install: python packages into .venv" >&2

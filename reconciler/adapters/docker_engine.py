@@ -28,9 +28,10 @@ period), except a pull, which streams for as long as the download takes: it has 
 watchdog instead (`pull_stall_timeout`, default 120 s without a progress event aborts it).
 An exec is polled until its own timeout.
 
-Pulls: `pull_all` skips images already present (a tag is not re-resolved once pulled; releases
-made with `--resolve-images` pin digests, which is how a moved tag reaches devices). Removing a
-container also removes its anonymous volumes (`docker rm -v`), never named ones.
+Pulls: `pull` pulls what it is asked to; which images need it is device.executor's choice (a
+digest already present is not pulled again, a tag is pulled each time so a moved tag is noticed,
+with the local copy used when the registry is unreachable). Removing a container also removes
+its anonymous volumes (`docker rm -v`), never named ones.
 
 Podman (its Docker-compatible socket, e.g. `unix:///run/podman/podman.sock`), from its docs:
 - `unless-stopped` is identical to `always`; restart policies do not act after a stop, and after
@@ -55,7 +56,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
-from reconciler import errors, model, ports
+from reconciler import errors, logs, model, ports
 from reconciler.adapters import docker_translate as tr
 
 ProgressFn = Callable[[str], None]
@@ -133,12 +134,18 @@ class DockerEngine:
                     f"docker engine ({self._where}): connect: no socket at {socket_path}; "
                     "is dockerd (or podman.socket) running?"
                 )
+            # types-docker types the timeout as int; docker-py passes it on to requests, whose
+            # timeouts are float seconds.
             with self._boundary("connect"):
                 if self._base_url is None:
-                    self._client = docker.from_env(timeout=self._timeout).api
+                    self._client = docker.from_env(
+                        timeout=self._timeout,  # type: ignore[arg-type]  # float seconds
+                    ).api
                 else:
                     self._client = docker.APIClient(
-                        base_url=self._base_url, version="auto", timeout=self._timeout
+                        base_url=self._base_url,
+                        version="auto",
+                        timeout=self._timeout,  # type: ignore[arg-type]  # float seconds
                     )
         return self._client
 
@@ -329,22 +336,6 @@ class DockerEngine:
         with contextlib.closing(response):
             api._raise_for_status(response)
             yield api._stream_helper(response, decode=True)
-
-    def pull_all(
-        self, refs: Iterable[str], *, progress: ProgressFn | None = None, skip_present: bool = True
-    ) -> None:
-        """Pull every ref not present yet; tries them all, then raises one EngineError naming
-        every failure. Touches no container either way."""
-        failures = []
-        for ref in dict.fromkeys(refs):
-            if skip_present and self.image_present(ref):
-                continue
-            try:
-                self.pull(ref, progress=progress)
-            except errors.EngineError as e:
-                failures.append(str(e))
-        if failures:
-            raise errors.EngineError("\n".join(failures))
 
     # --- networks and volumes -------------------------------------------------------------
 
@@ -557,7 +548,15 @@ class DockerEngine:
             # Docker 20.10 refuses to rename a container that is restarting ("sandbox not
             # found"). The swap itself is done: the container runs under its temporary name
             # and the next replace starts afresh from it; the health step judges it now.
-            _log.warning("rename failed, kept the temporary name: %s", exc)
+            logs.event(
+                _log,
+                logging.WARNING,
+                "apply.rename_failed",
+                container=new_id[:12],
+                name=final,
+                kept="the temporary name",
+                reason=str(exc),
+            )
         return new_id
 
     def _forget_reused_address(self, old_attrs: Mapping[str, Any], new_id: str) -> None:

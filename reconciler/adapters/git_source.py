@@ -27,7 +27,7 @@ from pathlib import Path
 
 import git
 
-from reconciler import errors
+from reconciler import errors, logs
 from reconciler import text as text_mod
 from reconciler.core.urls import branch_problem, redact, scrub, url_problem
 
@@ -215,8 +215,8 @@ class GitSource:
         # Success after failures: the operator should learn that the primary is down.
         if failures:
             failed = "; ".join(f"{name}: {reason}" for name, reason in failures)
-            self._log.warning(
-                "git remote used after failures: remote=%s failed=%s", used.name, failed
+            logs.event(
+                self._log, logging.WARNING, "fetch.failover", remote=used.name, failed=failed
             )
 
     # --- objects ---------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class GitSource:
                     raise FileRejected(prefix, f"is a {_kind(entry.mode)}; it is never followed")
                 tree = entry
             return sorted(
-                item.path
+                str(item.path)  # a str for a tree entry; GitPython types it as any path
                 for item in tree.traverse()
                 if isinstance(item, git.Blob) and _kind(item.mode) == "regular file"
             )
@@ -289,9 +289,7 @@ class GitSource:
     def _cache_error(self, exc: Exception) -> errors.FetchError:
         # The cat-file helper may be dead or the cache damaged: start afresh on the next call.
         self.close()
-        return errors.FetchError(
-            f"cannot read the cache {self._cache_dir}: {_scrub_text(str(exc))}"
-        )
+        return errors.FetchError(f"cannot read the cache {self._cache_dir}: {scrub(str(exc))}")
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -344,10 +342,12 @@ class GitSource:
         return text_mod.one_line(re.sub(r"^(fatal|error):\s*", "", text), limit=300)
 
     def _scrub(self, text: str) -> str:
+        """git's output with each remote as given shown by its redacted name, then any other
+        `scheme://...@` credential hidden (urls.scrub, the one scrubber)."""
         for remote in self._remotes:
             if remote.given != remote.name:
                 text = text.replace(remote.given, remote.name)
-        return _scrub_text(text)
+        return scrub(text)
 
     def _clear_stale_locks(self) -> None:
         # A lock left by a git killed at a timeout or a power cut would block every later fetch.
@@ -369,10 +369,6 @@ def _is_bare_repo(cache_dir: Path) -> bool:
         and (cache_dir / "objects").is_dir()
         and (cache_dir / "refs").is_dir()
     )
-
-
-def _scrub_text(text: str) -> str:
-    return scrub(text)
 
 
 def _parse_ls_remote(out: str, ref: str) -> str | None:

@@ -1,9 +1,9 @@
-"""Signing a release's exact bytes into a sigstore bundle (SPEC 2.2), for `reconciler release`.
+"""Signing a release's exact bytes with sigstore's public-good instance (SPEC 2.2).
 
-Two authorities: a lab CA directory (`--lab-ca`, see `lab_ca`), for air-gapped labs, demos and
-tests; or sigstore's public-good instance with the ambient OIDC credential of a CI job (GitHub
-Actions with `permissions: id-token: write`, GitLab, Buildkite, CircleCI, GCP). This module is
-the boundary where sigstore's and the network's exceptions become `SigningError`.
+Uses the ambient OIDC credential of a CI job (GitHub Actions with `permissions: id-token: write`,
+GitLab, Buildkite, CircleCI, GCP). This module is the boundary where sigstore's and the network's
+exceptions become `SigningError`. Which authority signs (this one or a lab CA) is chosen in
+`fleet.signing`; this module must not know the lab CA.
 
 sigstore is imported inside the function: it costs ~0.3 s and ~47 MB, and most verbs never sign.
 """
@@ -11,7 +11,6 @@ sigstore is imported inside the function: it costs ~0.3 s and ~47 MB, and most v
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from reconciler.errors import ReconcilerError
 
@@ -36,38 +35,12 @@ class SigningError(ReconcilerError):
     """The release could not be signed; nothing was written."""
 
 
-def sign_release(
-    data: bytes, *, lab_ca: Path | None, identity: str | None, issuer: str | None
-) -> bytes:
-    """Sign `data`; returns the bundle's JSON bytes (`.fleet/release.json.sigstore.json`).
+def sign_with_public_good(data: bytes, *, identity: str | None, issuer: str | None) -> bytes:
+    """Sign `data` with a certificate for the CI's OIDC identity; the bundle's JSON bytes.
 
-    With `lab_ca`, `identity` and `issuer` name what the lab certificate says. Without it, the
-    identity comes from the CI's OIDC token; when `identity` (and `issuer`) are given they are
-    checked against the issued certificate, so CI fails rather than publish a release that
-    devices pinning that identity would refuse.
+    When `identity` (and `issuer`) are given they are checked against the issued certificate,
+    so CI fails rather than publish a release that devices pinning that identity would refuse.
     """
-    if lab_ca is not None:
-        return _sign_with_lab_ca(data, lab_ca, identity=identity, issuer=issuer)
-    return _sign_with_public_good(data, identity=identity, issuer=issuer)
-
-
-def _sign_with_lab_ca(
-    data: bytes, directory: Path, *, identity: str | None, issuer: str | None
-) -> bytes:
-    if not identity or not issuer:
-        raise SigningError(
-            "signing with --lab-ca needs the identity and the issuer to put in the certificate "
-            "(--identity, --issuer): the ones the devices' trust.identities pin"
-        )
-    from reconciler.fleet import lab_ca
-
-    try:
-        return lab_ca.sign(directory, data, identity=identity, issuer=issuer)
-    except lab_ca.LabCAError as exc:
-        raise SigningError(f"lab CA signing failed: {exc}") from exc
-
-
-def _sign_with_public_good(data: bytes, *, identity: str | None, issuer: str | None) -> bytes:
     if not any(os.environ.get(marker) for marker in _CI_MARKERS):
         raise SigningError(NO_CREDENTIAL)
 

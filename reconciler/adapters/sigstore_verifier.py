@@ -131,7 +131,10 @@ def verify_request(request: dict[str, object]) -> dict[str, object]:
     try:
         artifact = base64.b64decode(str(request["artifact"]), validate=True)
         bundle_json = base64.b64decode(str(request["bundle"]), validate=True)
-        pairs = [(str(i), str(s)) for i, s in request["identities"]]  # type: ignore[union-attr]
+        identities = request["identities"]
+        if not isinstance(identities, list):
+            raise TypeError(f"identities is not a list but {type(identities).__name__}")
+        pairs = [(str(i), str(s)) for i, s in identities]
     except (KeyError, ValueError, TypeError) as exc:
         return {"ok": False, "reason": "malformed", "message": f"bad request: {exc}"}
     try:

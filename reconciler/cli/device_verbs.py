@@ -198,7 +198,6 @@ def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | No
     settings). A config file that is itself invalid is a bad config (exit 2).
     """
     import os
-    import socket
 
     from reconciler import text
     from reconciler.core import settings
@@ -213,7 +212,7 @@ def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | No
     except Exception as exc:  # a parser crash on a hostile labels.d file
         failure = exc
     try:
-        alone = settings.read(path, env=os.environ, hostname=socket.gethostname())
+        alone = wiring.read_config(path)
     except SettingsError:
         again = load_device_settings(args, "status")  # prints every problem: exit 2
         return again if isinstance(again, int) else (again[1], None)

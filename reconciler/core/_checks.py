@@ -1,4 +1,5 @@
-"""Generic field checks shared by the YAML file parsers (settings, manifests, inventory).
+"""Generic field checks shared by the document parsers: the YAML files (settings, manifests,
+inventory) and the JSON ones (release.json, state.json).
 
 Owns the machinery every validator of a loaded document needs: collecting the Problems of one
 file (`Report`), checking a mapping's keys against the allowed and required ones, the
@@ -24,9 +25,12 @@ from reconciler.core import durations, labels
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_./-]+")
 
 
+_KIND_NAMES: dict[type, str] = {list: "a list", dict: "a mapping"}
+
+
 def _kind(value: object) -> str:
     """What a non-scalar is, for `got ...`: a list or mapping by its YAML name, else its type."""
-    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return _KIND_NAMES.get(type(value), type(value).__name__)
 
 
 def show_json(value: object) -> str:
@@ -60,6 +64,46 @@ def show_literal(value: object) -> str:
     if value is None or isinstance(value, str | bool | int | float):
         return _cut(json.dumps(value))
     return _kind(value)
+
+
+def show_kind(value: object) -> str:
+    """What a value is, never the value: `null`, `a boolean`, `an integer`, `a string`, `a list`,
+    `an object`, else its type's name (state.json: the device's own file, echoed in no message)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return _STATE_KIND_NAMES.get(type(value), type(value).__name__)
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words: `null`, `a boolean`, `a number`, `a string`,
+    `an array`, `an object` (release.json)."""
+    if value is None:
+        return "null"
+    return _JSON_KIND_NAMES.get(type(value), "a number")
+
+
+def show_json_literal(value: object) -> str:
+    """Scalars as JSON literals (`null`, `true`, `5`, `"text"`, cut at 80 characters), else
+    `json_kind` (release.json)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return _cut(json.dumps(value))
+    return json_kind(value)
+
+
+_JSON_KIND_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+}
+_STATE_KIND_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+}
 
 
 def _cut(shown: str, limit: int = 80) -> str:
@@ -115,6 +159,12 @@ INVENTORY_WORDING = Wording(
     unknown=MANIFEST_WORDING.unknown,
     missing=MANIFEST_WORDING.missing,
 )
+# The signed release.json (core.release): JSON's words.
+RELEASE_WORDING = Wording(
+    show=show_json_literal, join=join_dotted, unknown="unknown key", missing="missing"
+)
+# The device's state.json (core.state): the reconciler's own file, so terse.
+STATE_WORDING = Wording(show=show_kind, join=join_dotted, unknown="unknown key", missing="missing")
 
 
 @dataclass
@@ -235,7 +285,7 @@ def rule(base: Check, problem_of: Callable[[str], str | None]) -> Check:
     """`base` (a check returning text or None), then a rule that says why the text is wrong."""
 
     def run(r: Report, where: str, value: object) -> str | None:
-        text = base(r, where, value)
+        text: str | None = base(r, where, value)
         if text is not None and (problem := problem_of(text)):
             r.add(where, problem)
         return text

@@ -110,18 +110,20 @@ def _port(r: _checks.Report, where: str, value: object) -> model.PortMapping | N
             r.add(where, f"port {number} is out of range 1..65535")
     if len(r.problems) > before:
         return None
-    proto = "udp" if protocol == "udp" else "tcp"
-    return model.PortMapping(int(host), int(container), protocol=proto, host_ip=ip or "")
+    return model.PortMapping(
+        int(host), int(container), protocol="udp" if protocol == "udp" else "tcp", host_ip=ip or ""
+    )
 
 
 def _volume(r: _checks.Report, where: str, value: object) -> model.VolumeMount | None:
-    parts = value.split(":") if isinstance(value, str) else []
+    text = value if isinstance(value, str) else ""
+    parts = text.split(":") if isinstance(value, str) else []
     if len(parts) not in (2, 3) or not all(parts):
         r.expected(where, '"source:/target[:ro|:rw]"', value)
         return None
     source, target, *mode = parts
     before = len(r.problems)
-    if not _checks.no_nul(r, where, value):
+    if not _checks.no_nul(r, where, text):
         return None
     if source.startswith("/"):
         _check_path(r, where, source, what="host path")
@@ -139,7 +141,7 @@ def _volume(r: _checks.Report, where: str, value: object) -> model.VolumeMount |
 
 
 def _volumes(r: _checks.Report, where: str, value: object) -> tuple[model.VolumeMount, ...]:
-    mounts = _checks.each(_volume)(r, where, value)
+    mounts: tuple[model.VolumeMount, ...] = _checks.each(_volume)(r, where, value)
     seen: set[str] = set()  # linear: a manifest may list tens of thousands of mounts
     for i, mount in enumerate(mounts):
         if mount.target in seen:
@@ -149,7 +151,8 @@ def _volumes(r: _checks.Report, where: str, value: object) -> tuple[model.Volume
 
 
 def _device(r: _checks.Report, where: str, value: object) -> model.DeviceMapping | None:
-    parts = value.split(":") if isinstance(value, str) else []
+    text = value if isinstance(value, str) else ""
+    parts = text.split(":") if isinstance(value, str) else []
     if not 1 <= len(parts) <= 3:
         r.expected(where, '"/dev/host[:/dev/container[:rwm]]"', value)
         return None
@@ -159,7 +162,7 @@ def _device(r: _checks.Report, where: str, value: object) -> model.DeviceMapping
     container = parts[1] if len(parts) > 1 else host
     permissions = parts[2] if len(parts) > 2 else "rwm"
     before = len(r.problems)
-    if not _checks.no_nul(r, where, value):
+    if not _checks.no_nul(r, where, text):
         return None
     if not host.startswith("/dev/"):
         r.add(where, f'host device "{host}" is not under /dev/')

@@ -162,11 +162,11 @@ def _rollout(r: _checks.Report, where: str, value: object) -> tuple[model.Wave, 
     items = r.entries(f"{where}.waves", body["waves"], empty=empty)
     waves: list[tuple[str, model.Wave]] = []
     for at, item in items:
-        wave = r.fields(at, item, allowed=("percent", "after"), required=("percent",))
-        if wave is None or "percent" not in wave:
+        fields = r.fields(at, item, allowed=("percent", "after"), required=("percent",))
+        if fields is None or "percent" not in fields:
             continue
-        percent = _checks.int_in(r, f"{at}.percent", wave["percent"], low=1, high=100)
-        after = _checks.duration(r, f"{at}.after", wave["after"]) if "after" in wave else 0.0
+        percent = _checks.int_in(r, f"{at}.percent", fields["percent"], low=1, high=100)
+        after = _checks.duration(r, f"{at}.after", fields["after"]) if "after" in fields else 0.0
         if after is None:
             continue
         if percent is not None:

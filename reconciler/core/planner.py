@@ -37,11 +37,13 @@ def plan(
     """
     applied = applied or {}
     wanted: dict[tuple[str, str], model.DesiredContainer] = {}
-    for d in desired:
-        key = (d.app, d.spec.name)
+    for container in desired:
+        key = (container.app, container.spec.name)
         if key in wanted:
-            raise ValueError(f"container {d.spec.name} of app {d.app} is desired twice")
-        wanted[key] = d
+            raise ValueError(
+                f"container {container.spec.name} of app {container.app} is desired twice"
+            )
+        wanted[key] = container
     found: dict[tuple[str, str], list[model.ObservedContainer]] = defaultdict(list)
     for o in observed:
         # Another namespace belongs to another reconciler sharing this engine: never ours.

@@ -2,9 +2,9 @@
 
 Pure: an `AppManifest` and a `DevicePolicy` in, every violation as an `errors.Problem` out (all of
 them, not just the first). Called in the Select step before an app may run; a non-empty result
-rejects the app's revision (`violations_error` wraps it as `errors.PolicyViolation`). It does not
-touch the filesystem: host paths are compared as written after normalising `.` and `..`, never
-resolved, so a symlink under an allowed directory is the device owner's business.
+rejects the app's revision. It does not touch the filesystem: host paths are compared as written
+after normalising `.` and `..`, never resolved, so a symlink under an allowed directory is the
+device owner's business.
 
 How references and paths are compared:
 
@@ -24,8 +24,6 @@ How references and paths are compared:
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from reconciler import errors, model
 
@@ -86,11 +84,6 @@ def check(app: model.AppManifest, policy: model.DevicePolicy) -> list[errors.Pro
             if message:
                 problem(f"{where}.devices[{j}]", message)
     return problems
-
-
-def violations_error(problems: Iterable[errors.Problem]) -> errors.PolicyViolation:
-    """The exception to raise for a non-empty `check` result."""
-    return errors.PolicyViolation(problems)
 
 
 def image_repository(image: str) -> str:

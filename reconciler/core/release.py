@@ -2,8 +2,8 @@
 
 Owns the file's shape and the pure rules around it: which manifest bytes a release pins, when an
 app's `since` carries over, version succession (rollback and equivocation refused) and expiry.
-Pure: bytes and values in, values out. It must not read Git, verify signatures (that is
-`signatures`) or decide what runs where (that is `desired`).
+Pure: bytes and values in, values out. It must not read Git, verify signatures (the
+ReleaseVerifier port does, `adapters.sigstore_verifier`) or decide what runs where (`desired`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from reconciler import errors
-from reconciler.core import labels
+from reconciler.core import _checks, labels
+from reconciler.core._checks import json_kind, show_json_literal
+from reconciler.text import utc_time
 
 SCHEMA = "reconciler/release/v1"
 RELEASE_PATH = ".fleet/release.json"
@@ -129,15 +131,15 @@ def serialize(release: Release) -> bytes:
     """The exact bytes that are signed: same release, same bytes (sorted keys, fixed layout)."""
     apps: dict[str, dict[str, Any]] = {}
     for path, pin in release.apps:
-        entry: dict[str, Any] = {"sha256": pin.sha256, "since": _format_time(pin.since)}
+        entry: dict[str, Any] = {"sha256": pin.sha256, "since": utc_time(pin.since)}
         if pin.images:
             entry["images"] = dict(pin.images)
         apps[path] = entry
     body = {
         "schema": SCHEMA,
         "version": release.version,
-        "created": _format_time(release.created),
-        "expires": _format_time(release.expires),
+        "created": utc_time(release.created),
+        "expires": utc_time(release.expires),
         "source_commit": release.source_commit,
         "apps": apps,
     }
@@ -161,7 +163,7 @@ def parse(data: bytes, *, file: str = RELEASE_PATH) -> Release:
         raise errors.ReleaseError([errors.Problem(file, "", f"is not valid JSON: {e}")]) from None
     if not isinstance(doc, dict):
         raise errors.ReleaseError(
-            [errors.Problem(file, "", f"expected a JSON object, got {_kind(doc)}")]
+            [errors.Problem(file, "", f"expected a JSON object, got {json_kind(doc)}")]
         )
     return _release_from(doc, file)
 
@@ -250,22 +252,20 @@ def _no_constant(name: str) -> Any:
 
 
 def _release_from(doc: dict[str, Any], file: str) -> Release:
-    problems: list[errors.Problem] = []
-
-    def bad(field: str, message: str) -> None:
-        problems.append(errors.Problem(file, field, message))
+    report = _checks.Report(file, _checks.RELEASE_WORDING)
+    bad = report.add
 
     for key in sorted(set(doc) - _TOP_KEYS):
         bad(key, "unknown key")
     for key in sorted(_TOP_KEYS - set(doc)):
         bad(key, "missing")
     if "schema" in doc and doc["schema"] != SCHEMA:
-        bad("schema", f"expected {_q(SCHEMA)}, got {_show(doc['schema'])}")
+        report.expected("schema", _q(SCHEMA), doc["schema"])
     version = doc.get("version")
     if "version" in doc and (
         not isinstance(version, int) or isinstance(version, bool) or not 0 < version <= MAX_VERSION
     ):
-        bad("version", f"expected a positive integer, got {_show(version)}")
+        report.expected("version", "a positive integer", version)
     created = _time(doc, "created", "created", bad)
     expires = _time(doc, "expires", "expires", bad)
     if created and expires and expires <= created:
@@ -277,14 +277,14 @@ def _release_from(doc: dict[str, Any], file: str) -> Release:
     apps: list[tuple[str, AppPin]] = []
     raw_apps = doc.get("apps")
     if "apps" in doc and not isinstance(raw_apps, dict):
-        bad("apps", f"expected an object of manifest path -> pin, got {_kind(raw_apps)}")
+        bad("apps", f"expected an object of manifest path -> pin, got {json_kind(raw_apps)}")
     elif isinstance(raw_apps, dict):
         for path in sorted(raw_apps):
             pin = _pin_from(path, raw_apps[path], bad)
             if pin is not None:
                 apps.append((path, pin))
-    if problems:
-        raise errors.ReleaseError(problems)
+    if report.problems:
+        raise errors.ReleaseError(report.problems)
     # No problems means every field was checked above: the casts only tell the type checker.
     return Release(
         version=cast(int, version),
@@ -302,7 +302,7 @@ def _pin_from(path: str, raw: object, bad: _Report) -> AppPin | None:
         bad(field, message)
         ok = False
     if not isinstance(raw, dict):
-        bad(field, f"expected an object with sha256 and since, got {_kind(raw)}")
+        bad(field, f"expected an object with sha256 and since, got {json_kind(raw)}")
         return None
     for key in sorted(set(raw) - _APP_KEYS):
         bad(f"{field}.{key}", "unknown key")
@@ -313,7 +313,10 @@ def _pin_from(path: str, raw: object, bad: _Report) -> AppPin | None:
             ok = False
     sha = raw.get("sha256")
     if "sha256" in raw and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
-        bad(f"{field}.sha256", f"expected 64 lower-case hex digits, got {_show(sha)}")
+        bad(
+            f"{field}.sha256",
+            f"expected 64 lower-case hex digits, got {show_json_literal(sha)}",
+        )
         ok = False
     since = _time(raw, "since", f"{field}.since", bad)
     images: list[tuple[str, str]] = []
@@ -322,7 +325,7 @@ def _pin_from(path: str, raw: object, bad: _Report) -> AppPin | None:
         if not isinstance(raw_images, dict):
             bad(
                 f"{field}.images",
-                f"expected an object of container -> image, got {_kind(raw_images)}",
+                f"expected an object of container -> image, got {json_kind(raw_images)}",
             )
             ok = False
         else:
@@ -347,7 +350,7 @@ def _time(doc: Mapping[str, Any], key: str, field: str, bad: _Report) -> datetim
         except ValueError as e:
             bad(field, f"{_q(value)} is not a valid time: {e}")
             return None
-    bad(field, f'expected a UTC time "YYYY-MM-DDTHH:MM:SSZ", got {_show(value)}')
+    bad(field, f'expected a UTC time "YYYY-MM-DDTHH:MM:SSZ", got {show_json_literal(value)}')
     return None
 
 
@@ -371,7 +374,9 @@ def _image_problems(container: str, ref: object, field: str) -> list[errors.Prob
     if (why := labels.dns_label_error(container)) is not None:
         found.append(_problem(where, f"container name {why}"))
     if not isinstance(ref, str) or not ref or len(ref) > _MAX_TEXT or any(c.isspace() for c in ref):
-        found.append(_problem(where, f"expected a non-empty image reference, got {_show(ref)}"))
+        found.append(
+            _problem(where, f"expected a non-empty image reference, got {show_json_literal(ref)}")
+        )
     return found
 
 
@@ -383,7 +388,9 @@ def _text_problems(value: object, field: str) -> list[errors.Problem]:
         or not value.isprintable()
         or any(c.isspace() for c in value)
     ):
-        return [_problem(field, f"expected a string without spaces, got {_show(value)}")]
+        return [
+            _problem(field, f"expected a string without spaces, got {show_json_literal(value)}")
+        ]
     return []
 
 
@@ -398,24 +405,5 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _format_time(moment: datetime) -> str:
-    # Not strftime("%Y"): it writes year 999 as "999", which `_TIME` (four digits) refuses;
-    # isoformat always writes four.
-    naive = _utc(moment).replace(tzinfo=None)
-    return naive.isoformat(timespec="seconds") + "Z"
-
-
 def _q(text: str) -> str:
     return json.dumps(text)
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, str | int | float | bool | None) else _kind(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _kind(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "a number")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from reconciler import model
+from reconciler.text import utc_time
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def decide(
     upcoming = [item for item in schedule if item[0] > now]
     next_change = upcoming[0][0] if upcoming else None
     then = (
-        f"; wave {upcoming[0][1]} ({upcoming[0][2].percent}%) opens {_timestamp(upcoming[0][0])}"
+        f"; wave {upcoming[0][1]} ({upcoming[0][2].percent}%) opens "
+        f"{utc_time(upcoming[0][0], timespec='auto')}"
         if upcoming
         else ""
     )
@@ -94,7 +96,8 @@ def decide(
     included = mine < wave.percent
     relation = "<" if included else ">="
     reason = (
-        f"bucket {mine} {relation} {wave.percent}% of wave {number} opened {_timestamp(opens_at)}"
+        f"bucket {mine} {relation} {wave.percent}% of wave {number} opened "
+        f"{utc_time(opens_at, timespec='auto')}"
     )
     # An included device waits for nothing, so only an excluded one is told when to expect more.
     return RolloutDecision(
@@ -114,8 +117,3 @@ def _require_aware(name: str, value: datetime) -> None:
         raise ValueError(
             f"{name} must be a timezone-aware datetime (UTC), got naive {value.isoformat()}"
         )
-
-
-def _timestamp(value: datetime) -> str:
-    """RFC 3339 in UTC with a `Z`, as the release file writes times."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -18,7 +18,7 @@ when PyYAML has it (a 1 MiB manifest in a fraction of a second instead of second
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from yaml.constructor import ConstructorError
@@ -67,8 +67,12 @@ class _StrictConstructor(yaml.constructor.SafeConstructor):
             )
         return int(super().construct_yaml_int(node))
 
-
-_StrictConstructor.add_constructor("tag:yaml.org,2002:int", _StrictConstructor.construct_yaml_int)
+    # PyYAML finds a tag's constructor in this class-level table: this class's own copy (what
+    # add_constructor makes), so SafeConstructor's table stays PyYAML's.
+    yaml_constructors: ClassVar[dict[str | None, Any]] = {
+        **yaml.constructor.SafeConstructor.yaml_constructors,
+        "tag:yaml.org,2002:int": construct_yaml_int,
+    }
 
 
 class _TooDeep(yaml.YAMLError):
@@ -102,20 +106,23 @@ class _PyLoader(
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _TooDeep(self.peek_event().start_mark)
-            return super().compose_node(parent, index)  # type: ignore[misc]
+                event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+                raise _TooDeep(event.start_mark)
+            # types-PyYAML: `index: int`, but PyYAML passes an item's index, a key node or None.
+            return super().compose_node(parent, index)  # type: ignore[arg-type]  # stub too narrow
         finally:
             self._depth -= 1
 
 
 _LOADERS: list[type] = [_PyLoader]
 if getattr(yaml, "__with_libyaml__", False):
+    from yaml._yaml import CParser  # present only when PyYAML was built with libyaml
 
-    class _CLoader(yaml.cyaml.CParser, _StrictConstructor, yaml.resolver.Resolver):  # type: ignore[name-defined,misc]
+    class _CLoader(CParser, _StrictConstructor, yaml.resolver.Resolver):
         """libyaml's parser (it stops at 1000 levels itself; _check_graph enforces MAX_DEPTH)."""
 
         def __init__(self, stream: str) -> None:
-            yaml.cyaml.CParser.__init__(self, stream)
+            CParser.__init__(self, stream)
             _StrictConstructor.__init__(self)
             yaml.resolver.Resolver.__init__(self)
 

@@ -315,7 +315,8 @@ def _identity(r: _checks.Report, where: str, value: Any) -> TrustIdentity | None
     keys = ("identity", "issuer")
     entry = r.known(where, value, allowed=keys, required=keys)
     texts = {key: _checks.nonblank(r, r.at(where, key), item) for key, item in entry.items()}
-    return TrustIdentity(**texts) if texts.get("identity") and texts.get("issuer") else None
+    identity, issuer = texts.get("identity"), texts.get("issuer")
+    return TrustIdentity(identity=identity, issuer=issuer) if identity and issuer else None
 
 
 def _abs_path(r: _checks.Report, where: str, value: Any) -> str | None:
@@ -342,8 +343,9 @@ def _command(r: _checks.Report, where: str, value: Any) -> tuple[str, ...] | Non
             r.add(where, f'cannot split "{value}" into words: {exc}')
             return None
     elif isinstance(value, list):
-        argv = [_checks.string(r, at, part) for at, part in r.entries(where, value)]
-        if None in argv:
+        parts = [_checks.string(r, at, part) for at, part in r.entries(where, value)]
+        argv = [part for part in parts if part is not None]
+        if len(argv) < len(parts):
             return None
     else:
         r.expected(where, "a command string or a list of strings", value)

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.core import _checks
 from reconciler.errors import Problem, ProblemsError
 
 SCHEMA_VERSION = 1
@@ -94,16 +95,7 @@ def to_json(state: DeviceState) -> bytes:
         "applied_at": state.applied_at,
         "apps": [_app_doc(a) for a in state.apps],
         "previous_apps": [_app_doc(a) for a in state.previous_apps],
-        "held_back": [
-            {
-                "app": h.app,
-                "revision": h.revision,
-                "reason": h.reason,
-                "release_version": h.release_version,
-                "at": h.at,
-            }
-            for h in state.held_back
-        ],
+        "held_back": [held_back_doc(h) for h in state.held_back],
         "pending": None if state.pending is None else _transaction_doc(state.pending),
         "last_fetch": state.last_fetch,
         "last_fetch_commit": state.last_fetch_commit,
@@ -111,6 +103,17 @@ def to_json(state: DeviceState) -> bytes:
         "last_verification_failure": state.last_verification_failure,
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def held_back_doc(held: HeldBack) -> dict[str, Any]:
+    """A held-back revision as state.json and `reconciler status --json` both write it."""
+    return {
+        "app": held.app,
+        "revision": held.revision,
+        "reason": held.reason,
+        "release_version": held.release_version,
+        "at": held.at,
+    }
 
 
 def _app_doc(app: AppliedApp) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def from_json(data: bytes, *, file: str = STATE_FILE) -> DeviceState:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError([Problem(file, "", f"not valid JSON: {exc}")]) from None
     if not isinstance(doc, dict):
-        raise StateError([Problem(file, "", f"expected an object, got {_kind(doc)}")])
+        raise StateError([Problem(file, "", f"expected an object, got {_checks.show_kind(doc)}")])
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         message = f"unknown schema version {version!r}; this build reads {SCHEMA_VERSION}"
@@ -194,64 +197,63 @@ _TX_KEYS = frozenset({"from_apps", "to_apps", "release_version", "commit", "star
 
 
 class _Reader:
-    """Collects every problem of a document instead of stopping at the first."""
+    """Typed reads of state.json's fields, every problem collected (not just the first) in a
+    `_checks.Report` with the state wording."""
 
     def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
+        self.report = _checks.Report(file, _checks.STATE_WORDING)
 
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(Problem(self.file, where, message))
+    @property
+    def problems(self) -> list[Problem]:
+        return self.report.problems
 
     def unknown(self, doc: dict[str, Any], where: str, known: frozenset[str]) -> None:
-        for key in doc:
-            if key not in known:
-                self.problem(_join(where, key), "unknown key")
+        self.report.fields(where, doc, allowed=sorted(known))
 
     def optional_str(self, doc: dict[str, Any], where: str, key: str) -> str | None:
         value = doc.get(key)
         if value is None or isinstance(value, str):
             return value
-        self.problem(_join(where, key), f"expected a string or null, got {_kind(value)}")
+        self.report.expected(self.report.at(where, key), "a string or null", value)
         return None
 
     def optional_int(self, doc: dict[str, Any], where: str, key: str) -> int | None:
         value = doc.get(key)
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
-        self.problem(_join(where, key), f"expected an integer or null, got {_kind(value)}")
+        self.report.expected(self.report.at(where, key), "an integer or null", value)
         return None
 
     def required_str(self, doc: dict[str, Any], where: str, key: str) -> str:
         value = doc.get(key)
         if isinstance(value, str):
             return value
-        self.problem(_join(where, key), f"expected a string, got {_kind(value)}")
+        self.report.expected(self.report.at(where, key), "a string", value)
         return ""
 
     def required_int(self, doc: dict[str, Any], where: str, key: str) -> int:
         value = doc.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        self.problem(_join(where, key), f"expected an integer, got {_kind(value)}")
+        self.report.expected(self.report.at(where, key), "an integer", value)
         return 0
 
     def items(self, doc: dict[str, Any], where: str, key: str) -> list[Any]:
         value = doc.get(key, [])
         if isinstance(value, list):
             return value
-        self.problem(_join(where, key), f"expected a list, got {_kind(value)}")
+        self.report.expected(self.report.at(where, key), "a list", value)
         return []
 
     def obj(self, value: Any, where: str, known: frozenset[str]) -> dict[str, Any] | None:
         if not isinstance(value, dict):
-            self.problem(where, f"expected an object, got {_kind(value)}")
+            self.report.expected(where, "an object", value)
             return None
         self.unknown(value, where, known)
         return value
 
     def apps(self, doc: dict[str, Any], where: str, key: str) -> tuple[AppliedApp, ...]:
-        base = _join(where, key)
+        base = self.report.at(where, key)
         return tuple(
             self.app(item, f"{base}[{i}]") for i, item in enumerate(self.items(doc, where, key))
         )
@@ -264,7 +266,7 @@ class _Reader:
             if ok:
                 images.append((pair[0], pair[1]))
             else:
-                self.problem(f"{where}.images[{i}]", "expected [container, image ref]")
+                self.report.add(f"{where}.images[{i}]", "expected [container, image ref]")
         return AppliedApp(
             name=self.required_str(doc, where, "name"),
             path=self.required_str(doc, where, "path"),
@@ -291,17 +293,3 @@ class _Reader:
             commit=self.required_str(doc, where, "commit"),
             started_at=self.required_str(doc, where, "started_at"),
         )
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {dict: "an object", list: "a list", str: "a string", int: "an integer"}.get(
-        type(value), type(value).__name__
-    )

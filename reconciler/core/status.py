@@ -92,16 +92,7 @@ def report(
         },
         "apps": apps,
         "previous_apps": [{"name": a.name, "revision": a.revision} for a in saved.previous_apps],
-        "held_back": [
-            {
-                "app": h.app,
-                "revision": h.revision,
-                "reason": h.reason,
-                "release_version": h.release_version,
-                "at": h.at,
-            }
-            for h in saved.held_back
-        ],
+        "held_back": [state.held_back_doc(h) for h in saved.held_back],
         # Managed containers of apps not in the applied state (e.g. pruned by the next cycle).
         "other_containers": [
             {"app": c.app, "name": c.container, "state": c.status}

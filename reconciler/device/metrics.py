@@ -217,7 +217,7 @@ class Metrics:
                 logging.WARNING,
                 "metrics.push_failed",
                 gateway=redact(gateway),
-                error=_scrub(f"{type(exc).__name__}: {exc}"),
+                error=scrub(f"{type(exc).__name__}: {exc}"),
             )
             return False
         return True
@@ -288,8 +288,3 @@ def _gateway_handler(gateway: str) -> tuple[str, Callable[..., Callable[[], None
         return basic_auth_handler(url, method, timeout, headers, data, username, password)
 
     return bare, handler
-
-
-def _scrub(text: str) -> str:
-    """Free text (an error message) with any `scheme://user:pw@` credentials hidden."""
-    return scrub(text)

@@ -35,13 +35,21 @@ def load_settings(config_path: str) -> settings.DeviceSettings:
 
     Raises SettingsError naming every problem (the CLI exits 2 on it).
     """
-    loaded = settings.read(config_path, env=os.environ, hostname=socket.gethostname())
+    loaded = read_config(config_path)
     labels_dir = loaded.device.labels_dir
     if labels_dir is None:
         return loaded
     return loaded.with_labels(
         settings.merge_label_files(loaded.labels, read_label_files(labels_dir))
     )
+
+
+def read_config(config_path: str) -> settings.DeviceSettings:
+    """The device config file alone, labels.d not merged; the host name is the default name.
+
+    Raises SettingsError naming every problem.
+    """
+    return settings.read(config_path, env=os.environ, hostname=socket.gethostname())
 
 
 def load_failure(config_path: str, labels_dir: str | None, exc: Exception) -> str:

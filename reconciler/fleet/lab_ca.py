@@ -28,9 +28,11 @@ import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.errors import ReconcilerError
+from reconciler.text import utc_time
 
 ROOT_KEY = "root.key.pem"
 ROOT_CERT = "root.pem"
@@ -400,7 +402,7 @@ def _trusted_root(
     ct_log_key: ec.EllipticCurvePrivateKey,
     rekor_key: ec.EllipticCurvePrivateKey,
 ) -> dict[str, object]:
-    valid_for = {"start": _VALID_FROM.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    valid_for = {"start": utc_time(_VALID_FROM)}
 
     def log(url: str, key: ec.EllipticCurvePrivateKey) -> dict[str, object]:
         return {
@@ -544,7 +546,7 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -195,11 +195,11 @@ def sign_written_release(
     err: TextIO | None = None,
 ) -> int:
     """Sign the release bytes just written and put the bundle beside them; 0 or 1."""
-    from reconciler.adapters import sigstore_signer
+    from reconciler.fleet import signing
 
     err = err or sys.stderr
     try:
-        bundle = sigstore_signer.sign_release(data, lab_ca=lab_ca, identity=identity, issuer=issuer)
+        bundle = signing.sign_release(data, lab_ca=lab_ca, identity=identity, issuer=issuer)
     except ReconcilerError as exc:
         print(f"release: signing failed, {release.BUNDLE_PATH} not written: {exc}", file=err)
         return 1

@@ -19,8 +19,7 @@ import pytest
 from sigstore.models import Bundle, TrustedRoot
 from sigstore.verify import Verifier, policy
 
-from reconciler.adapters import sigstore_signer
-from reconciler.fleet import lab_ca
+from reconciler.fleet import lab_ca, signing
 
 WORKFLOW = "https://github.com/acme/fleet/.github/workflows/release.yml@refs/heads/main"
 GITHUB = "https://token.actions.githubusercontent.com"
@@ -248,14 +247,14 @@ def test_the_sigstore_cli_rejects_a_lab_bundle_for_a_wrong_identity(
 
 
 def test_sign_release_with_a_lab_ca_makes_a_bundle_devices_accept(lab: Path) -> None:
-    bundle = sigstore_signer.sign_release(RELEASE, lab_ca=lab, identity=WORKFLOW, issuer=GITHUB)
+    bundle = signing.sign_release(RELEASE, lab_ca=lab, identity=WORKFLOW, issuer=GITHUB)
 
     verify(lab, RELEASE, bundle)
 
 
 def test_sign_release_with_a_lab_ca_but_no_identity_asks_for_one(lab: Path) -> None:
-    with pytest.raises(sigstore_signer.SigningError, match="--identity, --issuer"):
-        sigstore_signer.sign_release(RELEASE, lab_ca=lab, identity=None, issuer=GITHUB)
+    with pytest.raises(signing.SigningError, match="--identity, --issuer"):
+        signing.sign_release(RELEASE, lab_ca=lab, identity=None, issuer=GITHUB)
 
 
 def test_sign_release_outside_ci_explains_how_to_sign_without_touching_the_network(
@@ -264,8 +263,8 @@ def test_sign_release_outside_ci_explains_how_to_sign_without_touching_the_netwo
     for name in CI_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
 
-    with network_attempts() as attempts, pytest.raises(sigstore_signer.SigningError) as caught:
-        sigstore_signer.sign_release(RELEASE, lab_ca=None, identity=None, issuer=None)
+    with network_attempts() as attempts, pytest.raises(signing.SigningError) as caught:
+        signing.sign_release(RELEASE, lab_ca=None, identity=None, issuer=None)
 
     assert "permissions: id-token: write" in str(caught.value)
     assert "--lab-ca" in str(caught.value)
@@ -279,8 +278,8 @@ def test_sign_release_in_github_actions_without_id_token_permission_says_what_is
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GITHUB_ACTIONS", "true")  # but no ACTIONS_ID_TOKEN_REQUEST_* variables
 
-    with network_attempts() as attempts, pytest.raises(sigstore_signer.SigningError) as caught:
-        sigstore_signer.sign_release(RELEASE, lab_ca=None, identity=None, issuer=None)
+    with network_attempts() as attempts, pytest.raises(signing.SigningError) as caught:
+        signing.sign_release(RELEASE, lab_ca=None, identity=None, issuer=None)
 
     assert "permissions: id-token: write" in str(caught.value)
     assert "ACTIONS_ID_TOKEN_REQUEST_TOKEN" in str(caught.value)

@@ -319,16 +319,6 @@ def test_every_problem_of_every_container_is_reported_in_manifest_order():
     ]
 
 
-def test_violations_error_carries_every_problem_and_rejects_the_revision():
-    problems = policy.check(app(container(privileged=True, network_mode="host")), OPEN)
-    error = policy.violations_error(problems)
-    assert isinstance(error, errors.PolicyViolation)
-    assert isinstance(error, errors.RevisionRejected)
-    assert error.problems == tuple(problems)
-    assert len(error.problems) == 2
-    assert str(error) == "\n".join(str(p) for p in problems)
-
-
 # --- env_file (read on the device by the reconciler, so it is a host path too)
 
 
