@@ -41,11 +41,11 @@ import docker
 from reconciler import logs, model
 from reconciler.device import wiring
 from reconciler.fleet import lab_ca
-from tests.infra.engine import DOCKER, PODMAN, acquire
-from tests.infra.git_server import GitDaemon
-from tests.infra.images import ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest, http_get
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get
+from testkit.engine import DOCKER, PODMAN, acquire
+from testkit.git_server import GitDaemon
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 
 
 def machine() -> str:

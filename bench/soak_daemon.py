@@ -47,10 +47,10 @@ import docker
 from bench.engine_bench import machine
 from reconciler import model
 from reconciler.fleet import lab_ca
-from tests.infra.engine import acquire
-from tests.infra.images import ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest
+from testkit.engine import acquire
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 
 WARM_UP = 0.5  # fraction of the cycles left out of the slope (see the module docstring)
 RSS_LIMIT_MB = 1.0  # growth per 10,000 cycles that still counts as flat

@@ -49,10 +49,10 @@ import docker
 from bench.engine_bench import machine
 from reconciler import model, text
 from reconciler.core import state
-from tests.infra.engine import acquire
-from tests.infra.images import ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab
+from testkit.device_lab import DeviceLab
+from testkit.engine import acquire
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 from tests.integration.test_crash_safety import (
     HEALTH,
     Containers,

@@ -32,7 +32,7 @@ import docker.errors
 from demo import lab
 from reconciler import model
 from reconciler.core import labels
-from tests.infra.registry import LocalRegistry, free_port
+from testkit.registry import LocalRegistry, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "fleet-repo-template"

@@ -4,7 +4,7 @@ All fixtures are lazy: nothing starts until an integration test asks for one, so
 never touch an engine. `docker_host` reuses an answering engine (DOCKER_HOST, then
 unix:///run/reconciler-test/docker.sock) and starts dockerd there only when none answers; the
 session that ends last stops an engine the tests started, never one the demo started or reused
-(see tests/infra/engine.py).
+(see testkit/engine.py).
 
 When an engine cannot be had here (not root, dockerd or busybox-static or docker-registry
 missing) the tests skip, except under CI (env CI set), where they fail: CI never skips them.
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from reconciler import model
-from tests.infra.engine import (
+from testkit.engine import (
     DOCKER,
     PODMAN,
     EngineLease,
@@ -37,8 +37,8 @@ from tests.infra.engine import (
     EngineUnavailable,
     acquire,
 )
-from tests.infra.images import BusyboxUnusable, ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry, RegistryUnavailable
+from testkit.images import BusyboxUnusable, ImageFactory, check_busybox
+from testkit.registry import LocalRegistry, RegistryUnavailable
 
 if TYPE_CHECKING:
     import docker

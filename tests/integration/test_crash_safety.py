@@ -18,10 +18,10 @@ import pytest
 
 from reconciler import model
 from reconciler.core import state
+from testkit.device_lab import DeviceLab, app_manifest
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, app_manifest
 
 pytestmark = pytest.mark.docker
 

@@ -12,10 +12,7 @@ import docker
 import pytest
 
 from reconciler import model
-from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.device_lab import (
     DeviceLab,
     app_manifest,
     container_actions,
@@ -24,6 +21,9 @@ from tests.integration.device_lab import (
     managed,
     web,
 )
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
+from tests.cli.conftest import CONSOLE_SCRIPT
 
 pytestmark = pytest.mark.docker
 

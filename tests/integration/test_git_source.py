@@ -15,7 +15,7 @@ import pytest
 from reconciler import errors
 from reconciler.adapters import git_source
 from reconciler.adapters.git_source import FileRejected, GitSource, RemotesFailed
-from tests.infra.git_server import (
+from testkit.git_server import (
     FleetRepo,
     GitDaemon,
     GitDumbHttpServer,

@@ -23,7 +23,7 @@ from reconciler.device import health
 
 TIMEOUT = 4.0
 STABLE_FOR = 1.0
-# A shell as PID 1 that exits on SIGTERM (see tests/infra/images.py), serving /www.
+# A shell as PID 1 that exits on SIGTERM (see testkit/images.py), serving /www.
 SERVE = "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"
 # busybox httpd turns a CGI script's "Status:" header into the response status line.
 CGI_500 = (

@@ -16,11 +16,11 @@ from pathlib import Path
 import docker
 import pytest
 
+from testkit.device_lab import DeviceLab, app_manifest, http_get, managed, scrape
+from testkit.git_server import GitHttpServer, free_port
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.git_server import GitHttpServer, free_port
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, app_manifest, http_get, managed, scrape
 
 pytestmark = pytest.mark.docker
 

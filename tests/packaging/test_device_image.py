@@ -28,7 +28,7 @@ from docker.models.containers import Container
 
 from reconciler import model
 from reconciler.fleet import lab_ca
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest, managed
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, managed
 from tests.packaging import chroots
 from tests.packaging.chroots import Chroot
 

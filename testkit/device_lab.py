@@ -1,4 +1,4 @@
-"""A device lab for integration tests: a fleet repo, a device config, and the real CLI.
+"""A device lab for tests and benchmarks: a fleet repo, a device config, and the real CLI.
 
 `DeviceLab` owns one fleet repo checkout (real git), one device config (its own namespace,
 state_dir and ports on the shared test engine) and runs `reconciler once|status|run` as the
@@ -28,8 +28,8 @@ import yaml
 from reconciler import model
 from reconciler.core import release
 from reconciler.fleet import repo_verbs
+from testkit.registry import free_port
 from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
-from tests.infra.registry import free_port
 
 __all__ = [
     "DeviceLab",
