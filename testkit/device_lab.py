@@ -28,8 +28,9 @@ import yaml
 from reconciler import model
 from reconciler.core import release
 from reconciler.fleet import repo_verbs
-from testkit.registry import free_port
-from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
+from testkit.cli import CONSOLE_SCRIPT, Run
+from testkit.fleet_repos import GIT_ENV, FleetRepo
+from testkit.loopback import free_port
 
 __all__ = [
     "DeviceLab",

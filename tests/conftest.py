@@ -1,4 +1,5 @@
-"""Fixtures with real parts for integration tests: Docker engine, SDK client, images, registry.
+"""Fixtures with real parts for integration tests: Docker engine, SDK client, images, registry;
+and `run_cli`, the CLI in-process, for tests/cli and tests/unit.
 
 All fixtures are lazy: nothing starts until an integration test asks for one, so unit tests
 never touch an engine. `docker_host` reuses an answering engine (DOCKER_HOST, then
@@ -22,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from reconciler import model
+from reconciler import cli, model
+from testkit.cli import Run
 from testkit.engine import (
     DOCKER,
     PODMAN,
@@ -184,3 +186,19 @@ def namespace(docker_client: docker.DockerClient) -> Iterator[str]:
     for network in docker_client.networks.list(filters=label):
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """Run `reconciler.cli.main(args)` in-process; argparse's SystemExit becomes the code."""
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run

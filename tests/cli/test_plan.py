@@ -12,7 +12,8 @@ import pytest
 
 from reconciler.core import release, rollout
 from reconciler.fleet import repo_verbs
-from tests.cli.conftest import FleetRepo, manifest, run_console_script
+from testkit.cli import run_console_script
+from testkit.fleet_repos import FleetRepo, manifest
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GATEWAY = "{matchLabels: {role: gateway}}"

@@ -18,10 +18,10 @@ import pytest
 
 from reconciler import model
 from reconciler.core import state
+from testkit.cli import CONSOLE_SCRIPT
 from testkit.device_lab import DeviceLab, app_manifest
 from testkit.images import ImageFactory
 from testkit.registry import LocalRegistry
-from tests.cli.conftest import CONSOLE_SCRIPT
 
 pytestmark = pytest.mark.docker
 

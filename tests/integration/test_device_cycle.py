@@ -12,6 +12,7 @@ import docker
 import pytest
 
 from reconciler import model
+from testkit.cli import CONSOLE_SCRIPT
 from testkit.device_lab import (
     DeviceLab,
     app_manifest,
@@ -23,7 +24,6 @@ from testkit.device_lab import (
 )
 from testkit.images import ImageFactory
 from testkit.registry import LocalRegistry
-from tests.cli.conftest import CONSOLE_SCRIPT
 
 pytestmark = pytest.mark.docker
 

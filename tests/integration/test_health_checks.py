@@ -20,6 +20,7 @@ from reconciler import model
 from reconciler.adapters.docker_engine import DockerEngine
 from reconciler.core.settings import HealthSettings
 from reconciler.device import health
+from testkit.loopback import free_port
 
 TIMEOUT = 4.0
 STABLE_FOR = 1.0
@@ -31,12 +32,6 @@ CGI_500 = (
     "printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\n'\n"
     "echo broken\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from demo import lab
 from reconciler import model
 from testkit import engine
 from testkit.engine import PODMAN, PODMAN_HOST_ENV, EngineLayout, acquire, answers
-from testkit.registry import free_port
+from testkit.loopback import free_port
 
 pytestmark = pytest.mark.docker
 

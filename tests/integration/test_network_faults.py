@@ -23,13 +23,13 @@ import docker
 import docker.errors
 import pytest
 
+from testkit.cli import CONSOLE_SCRIPT
 from testkit.device_lab import DeviceLab, Run, app_manifest, http_get, log_events
 from testkit.git_server import GitDaemon
 from testkit.images import ImageFactory
 from testkit.private_engine import PrivateEngine, PrivateEngineUnavailable
 from testkit.registry import LocalRegistry
 from testkit.stall_proxy import Fault, FaultProxy
-from tests.cli.conftest import CONSOLE_SCRIPT
 
 pytestmark = pytest.mark.docker
 
