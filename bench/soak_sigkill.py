@@ -1,10 +1,11 @@
 """SIGKILL soak: `reconciler once` killed at random moments of applies and rollbacks, restarted.
 
-The randomized sibling of tests/integration/test_crash_safety.py, with its helpers and its
-invariant: good and bad changes alternate (a bad one's web container exits at once, so the
-health check fails and the change is rolled back); each `reconciler once` is SIGKILLed (its whole
-process group) after a delay drawn uniformly from the measured span of an uninterrupted run of
-its kind, then `reconciler once` runs again, uninterrupted. After each restart:
+The randomized sibling of tests/integration/test_crash_safety.py, with its harness
+(testkit/crash_harness.py) and its invariant: good and bad changes alternate (a bad one's web
+container exits at once, so the health check fails and the change is rolled back); each
+`reconciler once` is SIGKILLed (its whole process group) after a delay drawn uniformly from the
+measured span of an uninterrupted run of its kind, then `reconciler once` runs again,
+uninterrupted. After each restart:
 
 - mixed state: the managed containers are neither exactly the state before the change nor
   exactly the state it aimed for (every container of the new revision), or one is not running;
@@ -49,11 +50,7 @@ import docker
 from bench.engine_bench import machine
 from reconciler import model, text
 from reconciler.core import state
-from testkit.device_lab import DeviceLab
-from testkit.engine import acquire
-from testkit.images import ImageFactory, check_busybox
-from testkit.registry import LocalRegistry
-from tests.integration.test_crash_safety import (
+from testkit.crash_harness import (
     HEALTH,
     Containers,
     all_running,
@@ -62,6 +59,10 @@ from tests.integration.test_crash_safety import (
     release_step,
     run_once,
 )
+from testkit.device_lab import DeviceLab
+from testkit.engine import acquire
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 
 MANIFEST = "apps/web/app.yaml"
 
