@@ -41,7 +41,7 @@ import docker
 from reconciler import logs, model
 from reconciler.device import wiring
 from reconciler.fleet import lab_ca
-from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get, remove_namespace
 from testkit.engine import DOCKER, PODMAN, acquire
 from testkit.git_server import GitDaemon
 from testkit.images import ImageFactory, check_busybox
@@ -90,11 +90,7 @@ class Bench:
 
     def close(self) -> None:
         for namespace in self.namespaces:
-            label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-            for container in self.client.containers.list(all=True, filters=label):
-                container.remove(force=True)
-            for network in self.client.networks.list(filters=label):
-                network.remove()
+            remove_namespace(self.client, namespace)
         self.registry.close()
         self.client.close()
         self.lease.release()

@@ -45,9 +45,8 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import model
 from reconciler.fleet import lab_ca
-from testkit.device_lab import DeviceLab, LabSigner, app_manifest
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, remove_namespace
 from testkit.engine import acquire
 from testkit.images import ImageFactory, check_busybox
 from testkit.registry import LocalRegistry
@@ -318,11 +317,7 @@ def run_soak(args: argparse.Namespace) -> int:
         if process is not None:
             process.terminate()
             process.wait(timeout=60)
-        label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-        for container in client.containers.list(all=True, filters=label):
-            container.remove(force=True)
-        for network in client.networks.list(filters=label):
-            network.remove()
+        remove_namespace(client, namespace)
         registry.close()
         client.close()
         lease.release()

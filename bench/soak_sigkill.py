@@ -48,7 +48,7 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import model, text
+from reconciler import text
 from reconciler.core import state
 from testkit.crash_harness import (
     HEALTH,
@@ -59,7 +59,7 @@ from testkit.crash_harness import (
     release_step,
     run_once,
 )
-from testkit.device_lab import DeviceLab
+from testkit.device_lab import DeviceLab, remove_namespace
 from testkit.engine import acquire
 from testkit.images import ImageFactory, check_busybox
 from testkit.registry import LocalRegistry
@@ -235,11 +235,7 @@ def soak(args: argparse.Namespace) -> int:
         report(tally, time.monotonic() - started)
         return 0 if not (tally.mixed or tally.lost or tally.not_converged) else 1
     finally:
-        label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-        for container in client.containers.list(all=True, filters=label):
-            container.remove(force=True)
-        for network in client.networks.list(filters=label):
-            network.remove()
+        remove_namespace(client, namespace)
         registry.close()
         client.close()
         lease.release()

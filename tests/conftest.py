@@ -20,7 +20,6 @@ with that reason. The README lists every such difference.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from reconciler import cli, model
+from reconciler import cli
 from testkit.cli import Run
 from testkit.engine import (
     DOCKER,
@@ -175,17 +174,11 @@ def registry(docker_client: docker.DockerClient) -> Iterator[LocalRegistry]:
 @pytest.fixture
 def namespace(docker_client: docker.DockerClient) -> Iterator[str]:
     """A unique namespace `t-<8 hex>`; its labelled containers and networks go at teardown."""
-    import docker.errors
+    from testkit.device_lab import remove_namespace  # imports docker: only when asked for
 
     name = f"t-{secrets.token_hex(4)}"
     yield name
-    label = {"label": f"{model.LABEL_NAMESPACE}={name}"}
-    for container in docker_client.containers.list(all=True, filters=label):
-        with contextlib.suppress(docker.errors.NotFound):  # the test may have removed it
-            container.remove(force=True, v=True)
-    for network in docker_client.networks.list(filters=label):
-        with contextlib.suppress(docker.errors.NotFound):
-            network.remove()
+    remove_namespace(docker_client, name)
 
 
 @pytest.fixture
