@@ -41,11 +41,11 @@ import docker
 from reconciler import logs, model
 from reconciler.device import wiring
 from reconciler.fleet import lab_ca
-from tests.infra.engine import DOCKER, PODMAN, acquire
-from tests.infra.git_server import GitDaemon
-from tests.infra.images import ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest, http_get
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get, remove_namespace
+from testkit.engine import DOCKER, PODMAN, acquire
+from testkit.git_server import GitDaemon
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 
 
 def machine() -> str:
@@ -90,11 +90,7 @@ class Bench:
 
     def close(self) -> None:
         for namespace in self.namespaces:
-            label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-            for container in self.client.containers.list(all=True, filters=label):
-                container.remove(force=True)
-            for network in self.client.networks.list(filters=label):
-                network.remove()
+            remove_namespace(self.client, namespace)
         self.registry.close()
         self.client.close()
         self.lease.release()

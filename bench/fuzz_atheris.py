@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of every input boundary with atheris (libFuzzer for Python).
 
 Optional complement to `bench/fuzz_inputs.py`: libFuzzer mutates the seed documents of
-`tests/fuzz/boundaries.py` guided by which branches of `reconciler` each input reaches. The first
+`testkit/boundaries.py` guided by which branches of `reconciler` each input reaches. The first
 byte of an input picks the boundary; a crash (anything but the documented error, or a message
 that is unbounded or not one escaped line) stops the run with the input saved by libFuzzer.
 Needs `pip install atheris` (in the `fuzz` extra).
@@ -18,7 +18,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["reconciler"]):
-    from tests.fuzz import boundaries
+    from testkit import boundaries
 
 
 def one_input(data: bytes) -> None:

@@ -24,7 +24,7 @@ from types import FrameType
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from tests.fuzz import boundaries
+from testkit import boundaries
 
 HANG_SECONDS = 2.0
 INTERRUPT_SECONDS = 30

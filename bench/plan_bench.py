@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import resource
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -23,46 +21,23 @@ from pathlib import Path
 
 from reconciler.fleet import plan, release_verb
 from reconciler.fleet.devices import Device
+from testkit.fleet_repos import FleetRepo
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "Bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def git(root: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", *args], cwd=root, env={**os.environ, **GIT_ENV}, check=True, capture_output=True
-    )
-
-
-def manifest(name: str) -> str:
-    return (
-        "apiVersion: reconciler/v1\nkind: App\n"
-        f"metadata: {{name: {name}}}\n"
-        "spec:\n  selector: {matchLabels: {role: gateway}}\n"
-        f'  containers:\n    - {{name: main, image: "127.0.0.1:5000/{name}:1.0"}}\n'
-    )
-
-
 def build_repo(root: Path, apps: int) -> None:
-    git(root, "init", "-q", "-b", "main")
+    fleet = FleetRepo(root)
     for i in range(apps):
         name = f"app-{i:05d}"
-        (root / "apps" / name).mkdir(parents=True)
-        (root / "apps" / name / "app.yaml").write_text(manifest(name), encoding="utf-8")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "apps")
+        fleet.app(
+            name, image=f"127.0.0.1:5000/{name}:1.0", selector="{matchLabels: {role: gateway}}"
+        )
+    fleet.commit("apps")
     code, _ = release_verb.write_release(root, now=NOW, expires_in=86400.0, out=io.StringIO())
     if code != 0:
         raise SystemExit("release of the bench repo failed")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "release 1")
+    fleet.commit("release 1")
 
 
 def cpu_seconds() -> float:

@@ -45,12 +45,11 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import model
 from reconciler.fleet import lab_ca
-from tests.infra.engine import acquire
-from tests.infra.images import ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, remove_namespace
+from testkit.engine import acquire
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 
 WARM_UP = 0.5  # fraction of the cycles left out of the slope (see the module docstring)
 RSS_LIMIT_MB = 1.0  # growth per 10,000 cycles that still counts as flat
@@ -318,11 +317,7 @@ def run_soak(args: argparse.Namespace) -> int:
         if process is not None:
             process.terminate()
             process.wait(timeout=60)
-        label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-        for container in client.containers.list(all=True, filters=label):
-            container.remove(force=True)
-        for network in client.networks.list(filters=label):
-            network.remove()
+        remove_namespace(client, namespace)
         registry.close()
         client.close()
         lease.release()

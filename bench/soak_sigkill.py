@@ -1,10 +1,11 @@
 """SIGKILL soak: `reconciler once` killed at random moments of applies and rollbacks, restarted.
 
-The randomized sibling of tests/integration/test_crash_safety.py, with its helpers and its
-invariant: good and bad changes alternate (a bad one's web container exits at once, so the
-health check fails and the change is rolled back); each `reconciler once` is SIGKILLed (its whole
-process group) after a delay drawn uniformly from the measured span of an uninterrupted run of
-its kind, then `reconciler once` runs again, uninterrupted. After each restart:
+The randomized sibling of tests/integration/test_crash_safety.py, with its harness
+(testkit/crash_harness.py) and its invariant: good and bad changes alternate (a bad one's web
+container exits at once, so the health check fails and the change is rolled back); each
+`reconciler once` is SIGKILLed (its whole process group) after a delay drawn uniformly from the
+measured span of an uninterrupted run of its kind, then `reconciler once` runs again,
+uninterrupted. After each restart:
 
 - mixed state: the managed containers are neither exactly the state before the change nor
   exactly the state it aimed for (every container of the new revision), or one is not running;
@@ -47,13 +48,9 @@ from pathlib import Path
 import docker
 
 from bench.engine_bench import machine
-from reconciler import model, text
+from reconciler import text
 from reconciler.core import state
-from tests.infra.engine import acquire
-from tests.infra.images import ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab
-from tests.integration.test_crash_safety import (
+from testkit.crash_harness import (
     HEALTH,
     Containers,
     all_running,
@@ -62,6 +59,10 @@ from tests.integration.test_crash_safety import (
     release_step,
     run_once,
 )
+from testkit.device_lab import DeviceLab, remove_namespace
+from testkit.engine import acquire
+from testkit.images import ImageFactory, check_busybox
+from testkit.registry import LocalRegistry
 
 MANIFEST = "apps/web/app.yaml"
 
@@ -234,11 +235,7 @@ def soak(args: argparse.Namespace) -> int:
         report(tally, time.monotonic() - started)
         return 0 if not (tally.mixed or tally.lost or tally.not_converged) else 1
     finally:
-        label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-        for container in client.containers.list(all=True, filters=label):
-            container.remove(force=True)
-        for network in client.networks.list(filters=label):
-            network.remove()
+        remove_namespace(client, namespace)
         registry.close()
         client.close()
         lease.release()

@@ -1,10 +1,10 @@
 """The demo's parts on this machine: a container engine, the web images and a registry on
 loopback, and the removal of what an earlier run left.
 
-`run_demo` narrates and calls these; nothing here prints. Engines come from tests/infra/engine.py
+`run_demo` narrates and calls these; nothing here prints. Engines come from testkit/engine.py
 (reuse one that answers, else start dockerd on the project's own socket), images from
-tests/infra/images.py (FROM-scratch busybox builds, no pulls) and the registry from
-tests/infra/registry.py (Debian's docker-registry on 127.0.0.1).
+testkit/images.py (FROM-scratch busybox builds, no pulls) and the registry from
+testkit/registry.py (Debian's docker-registry on 127.0.0.1).
 
 Must not: remove a container, network or image tag it did not record or label as the demo's;
 delete a directory the demo did not create; pull anything from outside this machine.
@@ -27,9 +27,9 @@ import docker.errors
 
 from reconciler import model
 from reconciler.core import labels
-from tests.infra import engine
-from tests.infra.images import BusyboxUnusable, ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry, RegistryError
+from testkit import engine
+from testkit.images import BusyboxUnusable, ImageFactory, check_busybox
+from testkit.registry import LocalRegistry, RegistryError
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"  # where Debian's docker.io listens under systemd
 MARKER = ".reconciler-demo"  # made by the demo: a later run may delete the directory holding it

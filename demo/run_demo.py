@@ -32,7 +32,9 @@ import docker.errors
 from demo import lab
 from reconciler import model
 from reconciler.core import labels
-from tests.infra.registry import LocalRegistry, free_port
+from testkit.fleet_repos import GIT_ENV
+from testkit.loopback import free_port
+from testkit.registry import LocalRegistry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "fleet-repo-template"
@@ -55,14 +57,6 @@ TEMPLATE_IMAGE = "ghcr.io/your-org/web:1.0"
 TEMPLATE_PORT = "8080"
 TAMPERED_IMAGE = "ghcr.io/attacker/web:1.1"
 CONFIG = "device/config.yaml"  # relative to the demo directory, where commands run
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Demo Operator",
-    "GIT_AUTHOR_EMAIL": "operator@demo.invalid",
-    "GIT_COMMITTER_NAME": "Demo Operator",
-    "GIT_COMMITTER_EMAIL": "operator@demo.invalid",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 WIDTH = 100
 
 

@@ -1,10 +1,11 @@
-"""Fixtures with real parts for integration tests: Docker engine, SDK client, images, registry.
+"""Fixtures with real parts for integration tests: Docker engine, SDK client, images, registry;
+and `run_cli`, the CLI in-process, for tests/cli and tests/unit.
 
 All fixtures are lazy: nothing starts until an integration test asks for one, so unit tests
 never touch an engine. `docker_host` reuses an answering engine (DOCKER_HOST, then
 unix:///run/reconciler-test/docker.sock) and starts dockerd there only when none answers; the
 session that ends last stops an engine the tests started, never one the demo started or reused
-(see tests/infra/engine.py).
+(see testkit/engine.py).
 
 When an engine cannot be had here (not root, dockerd or busybox-static or docker-registry
 missing) the tests skip, except under CI (env CI set), where they fail: CI never skips them.
@@ -19,17 +20,17 @@ with that reason. The README lists every such difference.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from reconciler import model
-from tests.infra.engine import (
+from reconciler import cli
+from testkit.cli import Run
+from testkit.engine import (
     DOCKER,
     PODMAN,
     EngineLease,
@@ -37,8 +38,8 @@ from tests.infra.engine import (
     EngineUnavailable,
     acquire,
 )
-from tests.infra.images import BusyboxUnusable, ImageFactory, check_busybox
-from tests.infra.registry import LocalRegistry, RegistryUnavailable
+from testkit.images import BusyboxUnusable, ImageFactory, check_busybox
+from testkit.registry import LocalRegistry, RegistryUnavailable
 
 if TYPE_CHECKING:
     import docker
@@ -173,14 +174,24 @@ def registry(docker_client: docker.DockerClient) -> Iterator[LocalRegistry]:
 @pytest.fixture
 def namespace(docker_client: docker.DockerClient) -> Iterator[str]:
     """A unique namespace `t-<8 hex>`; its labelled containers and networks go at teardown."""
-    import docker.errors
+    from testkit.device_lab import remove_namespace  # imports docker: only when asked for
 
     name = f"t-{secrets.token_hex(4)}"
     yield name
-    label = {"label": f"{model.LABEL_NAMESPACE}={name}"}
-    for container in docker_client.containers.list(all=True, filters=label):
-        with contextlib.suppress(docker.errors.NotFound):  # the test may have removed it
-            container.remove(force=True, v=True)
-    for network in docker_client.networks.list(filters=label):
-        with contextlib.suppress(docker.errors.NotFound):
-            network.remove()
+    remove_namespace(docker_client, name)
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """Run `reconciler.cli.main(args)` in-process; argparse's SystemExit becomes the code."""
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run

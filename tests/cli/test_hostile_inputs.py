@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import FleetRepo, manifest, run_console_script
+from testkit.cli import run_console_script
+from testkit.fleet_repos import FleetRepo, manifest
 
 # Manifest bodies that crashed the YAML boundary or a check after it, each with the start of
 # the one line `validate` must print for it.

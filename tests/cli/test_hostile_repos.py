@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import FleetRepo, Run
+from testkit.cli import Run
+from testkit.fleet_repos import FleetRepo
 
 ID = "https://ci.example.test/fleet/.github/workflows/release.yml@refs/heads/main"
 ISS = "https://token.actions.example.test"

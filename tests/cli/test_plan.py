@@ -14,7 +14,8 @@ from reconciler.core import release, rollout
 from reconciler.fleet import plan as fleet_plan
 from reconciler.fleet import release_verb
 from reconciler.fleet.devices import Device
-from tests.cli.conftest import FleetRepo, manifest, run_console_script
+from testkit.cli import run_console_script
+from testkit.fleet_repos import FleetRepo, manifest
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GATEWAY = "{matchLabels: {role: gateway}}"

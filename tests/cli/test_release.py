@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from reconciler.core import release
 from reconciler.fleet import release_verb
-from tests.cli.conftest import FleetRepo, run_console_script
+from testkit.cli import run_console_script
+from testkit.fleet_repos import FleetRepo
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 RELEASE = ".fleet/release.json"

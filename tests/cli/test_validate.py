@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.conftest import FleetRepo, manifest, run_console_script
+from testkit.cli import run_console_script
+from testkit.fleet_repos import FleetRepo, manifest
 
 # Aliases nine levels deep, ten each: a billion laughs that must be refused before expanding.
 BILLION_LAUGHS = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(

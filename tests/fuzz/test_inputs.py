@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz import boundaries
+from testkit import boundaries
 
 # 400 cases per boundary, 2,800 in all; no example database, so every run is fresh and
 # nothing is written into the work tree.

@@ -7,29 +7,22 @@ be valid and agree with them.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from reconciler import model
 from reconciler.core import state
-from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, app_manifest
+from testkit.crash_harness import HEALTH, all_running, observed, push_images, release_step, run_once
+from testkit.device_lab import DeviceLab
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 
 KILLS = 52  # at least 50 moments
 BAD_EVERY = 3  # every third change is unhealthy, so kills also land in a rollback
-
-HEALTH = {"timeout": "4s", "stable_for": "0.5s"}
-Containers = tuple[tuple[str, str, str, str], ...]  # (app, container, revision, image)
 
 
 @pytest.fixture(scope="module")
@@ -37,80 +30,10 @@ def refs(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
     return push_images(images, registry)
 
 
-def push_images(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
-    """The images the changes use, pushed to the registry: name -> pullable reference."""
-    out = {}
-    for name, local in {
-        "a": images.httpd("cs-web-a", "crash a"),
-        "b": images.httpd("cs-web-b", "crash b"),
-        "side": images.sleeper("cs-side"),
-        "exits": images.exits("cs-exits", code=2),
-    }.items():
-        registry.push(local, f"cs/{name}:1")
-        out[name] = f"{registry.address}/cs/{name}:1"
-    return out
-
-
-def release_step(lab: DeviceLab, refs: dict[str, str], *, port: int, step: int, bad: bool) -> None:
-    """Commit a release of app `web` (containers web and side) for `step`: a good change, or
-    with `bad` one whose web container exits at once (a failed health check, a rollback)."""
-    image = "exits" if bad else ("a" if step % 2 else "b")
-    web = {
-        "name": "web",
-        "image": refs[image],
-        "ports": [f"127.0.0.1:{port}:80"],
-        "env": {"STEP": str(step)},  # a new revision every step: never a held-back one
-        "restart": "no" if bad else "unless-stopped",
-    }
-    side = {"name": "side", "image": refs["side"], "env": {"STEP": str(step)}}
-    lab.publish({"web": app_manifest("web", [web, side])}, message=f"step {step}")
-
-
-def observed(client: docker.DockerClient, namespace: str) -> Containers:
-    label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-    return tuple(
-        sorted(
-            (
-                c.labels[model.LABEL_APP],
-                c.labels[model.LABEL_CONTAINER],
-                c.labels[model.LABEL_REVISION],
-                c.attrs["Config"]["Image"],
-            )
-            for c in client.containers.list(all=True, filters=label)
-        )
-    )
-
-
-def all_running(client: docker.DockerClient, namespace: str) -> bool:
-    label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
-    return all(c.status == "running" for c in client.containers.list(all=True, filters=label))
-
-
 def saved_apps(lab: DeviceLab) -> tuple[tuple[str, str], ...]:
     saved = state.from_json((lab.state_dir / "state.json").read_bytes())
     assert saved.pending is None
     return tuple(sorted((a.name, a.revision) for a in saved.apps))
-
-
-def run_once(lab: DeviceLab, *, kill_after: float | None = None) -> tuple[int, float]:
-    """Run `reconciler once`; with `kill_after`, SIGKILL it then (its whole process group).
-    Its output goes to `once.log` in the lab, for the failure message."""
-    started = time.monotonic()
-    with (lab.root / "once.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "once", "--config", str(lab.config_path)],
-            env=lab.env(),
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        if kill_after is not None:
-            try:
-                process.wait(timeout=kill_after)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-        code = process.wait(timeout=180)
-    return code, time.monotonic() - started
 
 
 def test_sigkill_at_any_moment_leaves_one_described_state(

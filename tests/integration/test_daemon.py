@@ -22,10 +22,7 @@ from reconciler.core import desired, planner, release
 from reconciler.device import converge, cycle, executor, health_wait, state_store, wiring
 from reconciler.device import daemon as daemon_loop
 from reconciler.device.metrics import Metrics
-from tests.infra.git_server import GitDaemon
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.device_lab import (
     DeviceLab,
     app_manifest,
     http_get,
@@ -33,6 +30,9 @@ from tests.integration.device_lab import (
     metric,
     scrape,
 )
+from testkit.git_server import GitDaemon
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

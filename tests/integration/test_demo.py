@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.device_lab import http_get, managed
+from testkit.device_lab import http_get, managed
 
 pytestmark = pytest.mark.docker
 

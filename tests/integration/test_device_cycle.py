@@ -12,10 +12,8 @@ import docker
 import pytest
 
 from reconciler import model
-from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.cli import CONSOLE_SCRIPT
+from testkit.device_lab import (
     DeviceLab,
     app_manifest,
     container_actions,
@@ -24,6 +22,8 @@ from tests.integration.device_lab import (
     managed,
     web,
 )
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

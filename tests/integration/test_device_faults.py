@@ -15,9 +15,7 @@ import docker.errors
 import pytest
 
 from reconciler import model
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.device_lab import (
     DeviceLab,
     app_manifest,
     container_actions,
@@ -26,6 +24,8 @@ from tests.integration.device_lab import (
     managed,
     web,
 )
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

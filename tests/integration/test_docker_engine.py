@@ -18,6 +18,7 @@ import pytest
 from reconciler import errors, model
 from reconciler.adapters import docker_translate as tr
 from reconciler.adapters.docker_engine import DockerEngine
+from testkit.loopback import free_port
 
 pytestmark = pytest.mark.docker
 # What a client sees while nothing answers: refused, reset, timed out, cut short.
@@ -48,14 +49,6 @@ def volumes_to_drop(docker_client, namespace):
     for name in names:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(name).remove(force=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def want(

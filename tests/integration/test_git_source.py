@@ -15,15 +15,9 @@ import pytest
 from reconciler import errors
 from reconciler.adapters import git_source
 from reconciler.adapters.git_source import FileRejected, GitSource, RemotesFailed
-from tests.infra.git_server import (
-    FleetRepo,
-    GitDaemon,
-    GitDumbHttpServer,
-    GitHttpServer,
-    clone_repo,
-    free_port,
-    make_repo,
-)
+from testkit.fleet_repos import BareFleetRepo, clone_repo, make_repo
+from testkit.git_server import GitDaemon, GitDumbHttpServer, GitHttpServer
+from testkit.loopback import free_port
 
 RELEASE = ".fleet/release.json"
 MANIFEST = "apps/gw/app.yaml"
@@ -40,7 +34,7 @@ def srv(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fleet(srv: Path) -> FleetRepo:
+def fleet(srv: Path) -> BareFleetRepo:
     repo = make_repo(srv / "fleet.git")
     repo.commit({RELEASE: b'{"version": 1}\n', MANIFEST: b"name: gw\n"}, "first")
     return repo
@@ -84,7 +78,9 @@ def _nowhere() -> str:
 # --- the cycle: head, ensure, read --------------------------------------------------------------
 
 
-def test_head_reports_the_branch_head_without_fetching(fleet: FleetRepo, make_source: MakeSource):
+def test_head_reports_the_branch_head_without_fetching(
+    fleet: BareFleetRepo, make_source: MakeSource
+):
     source = make_source(fleet.file_url)
     head = source.head()
     assert head.commit == fleet.head()
@@ -96,7 +92,11 @@ def test_head_reports_the_branch_head_without_fetching(fleet: FleetRepo, make_so
     "kind", ["git", "smart-http", "dumb-http", "file-url", "abs-path", "rel-path"]
 )
 def test_every_kind_of_url_serves_head_fetch_and_read(
-    kind: str, fleet: FleetRepo, srv: Path, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
+    kind: str,
+    fleet: BareFleetRepo,
+    srv: Path,
+    make_source: MakeSource,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     with GitDaemon(srv) as daemon, GitHttpServer(srv) as smart, GitDumbHttpServer(srv) as dumb:
         monkeypatch.chdir(srv.parent)
@@ -118,7 +118,7 @@ def test_every_kind_of_url_serves_head_fetch_and_read(
 
 
 def test_ensure_fetches_once_and_then_needs_no_network(
-    fleet: FleetRepo, daemon: GitDaemon, make_source: MakeSource
+    fleet: BareFleetRepo, daemon: GitDaemon, make_source: MakeSource
 ):
     source = make_source(daemon.url("fleet.git"))
     head = source.head()
@@ -130,7 +130,9 @@ def test_ensure_fetches_once_and_then_needs_no_network(
         source.head()
 
 
-def test_fetch_is_shallow(fleet: FleetRepo, daemon: GitDaemon, make_source: MakeSource, tmp_path):
+def test_fetch_is_shallow(
+    fleet: BareFleetRepo, daemon: GitDaemon, make_source: MakeSource, tmp_path
+):
     first = fleet.head()
     second = fleet.commit({MANIFEST: b"name: gw\nv: 2\n"}, "second")
     source = make_source(daemon.url("fleet.git"))
@@ -142,7 +144,7 @@ def test_fetch_is_shallow(fleet: FleetRepo, daemon: GitDaemon, make_source: Make
 
 
 def test_a_new_commit_moves_the_head_and_is_fetched(
-    fleet: FleetRepo, http: GitHttpServer, make_source: MakeSource
+    fleet: BareFleetRepo, http: GitHttpServer, make_source: MakeSource
 ):
     source = make_source(http.url("fleet.git"))
     old = source.head()
@@ -158,7 +160,7 @@ def test_a_new_commit_moves_the_head_and_is_fetched(
 
 
 def test_a_head_that_moved_after_the_query_fails_ensure_with_the_reason(
-    fleet: FleetRepo, make_source: MakeSource
+    fleet: BareFleetRepo, make_source: MakeSource
 ):
     source = make_source(fleet.file_url)
     stale = source.head()
@@ -169,7 +171,7 @@ def test_a_head_that_moved_after_the_query_fails_ensure_with_the_reason(
 
 
 def test_ensure_refuses_a_remote_it_was_not_configured_with(
-    fleet: FleetRepo, make_source: MakeSource
+    fleet: BareFleetRepo, make_source: MakeSource
 ):
     source = make_source(fleet.file_url)
     with pytest.raises(ValueError, match="not one of"):
@@ -177,7 +179,7 @@ def test_ensure_refuses_a_remote_it_was_not_configured_with(
 
 
 def test_reading_a_commit_that_was_never_fetched_is_a_fetch_error(
-    fleet: FleetRepo, make_source: MakeSource
+    fleet: BareFleetRepo, make_source: MakeSource
 ):
     source = make_source(fleet.file_url)
     with pytest.raises(errors.FetchError, match="not in the cache"):
@@ -185,7 +187,7 @@ def test_reading_a_commit_that_was_never_fetched_is_a_fetch_error(
 
 
 def test_a_stale_lock_from_a_power_cut_does_not_block_fetching(
-    fleet: FleetRepo, make_source: MakeSource, tmp_path: Path
+    fleet: BareFleetRepo, make_source: MakeSource, tmp_path: Path
 ):
     source = make_source(fleet.file_url, timeout=5)
     source.head()  # creates the cache
@@ -201,7 +203,7 @@ def test_a_stale_lock_from_a_power_cut_does_not_block_fetching(
 
 
 @pytest.fixture
-def fetched(fleet: FleetRepo, make_source: MakeSource) -> tuple[GitSource, FleetRepo]:
+def fetched(fleet: BareFleetRepo, make_source: MakeSource) -> tuple[GitSource, BareFleetRepo]:
     source = make_source(fleet.file_url)
     return source, fleet
 
@@ -212,14 +214,14 @@ def _ensure_head(source: GitSource) -> str:
     return head.commit
 
 
-def test_a_missing_path_reads_as_none(fetched: tuple[GitSource, FleetRepo]):
+def test_a_missing_path_reads_as_none(fetched: tuple[GitSource, BareFleetRepo]):
     source, _ = fetched
     commit = _ensure_head(source)
     assert source.read(commit, "apps/nope/app.yaml", max_bytes=1024) is None
     assert source.read(commit, f"{MANIFEST}/below-a-file", max_bytes=1024) is None
 
 
-def test_a_symlink_is_rejected_and_never_followed(fetched: tuple[GitSource, FleetRepo]):
+def test_a_symlink_is_rejected_and_never_followed(fetched: tuple[GitSource, BareFleetRepo]):
     source, fleet = fetched
     fleet.commit({RELEASE: None}, "link", symlinks={RELEASE: "../../etc/passwd", "apps": "/etc"})
     commit = _ensure_head(source)
@@ -227,7 +229,7 @@ def test_a_symlink_is_rejected_and_never_followed(fetched: tuple[GitSource, Flee
         source.read(commit, RELEASE, max_bytes=1024)
 
 
-def test_a_symlinked_directory_on_the_way_is_rejected(fetched: tuple[GitSource, FleetRepo]):
+def test_a_symlinked_directory_on_the_way_is_rejected(fetched: tuple[GitSource, BareFleetRepo]):
     source, fleet = fetched
     fleet.commit({MANIFEST: None}, "link dir", symlinks={"apps": "/etc"})
     commit = _ensure_head(source)
@@ -237,7 +239,7 @@ def test_a_symlinked_directory_on_the_way_is_rejected(fetched: tuple[GitSource, 
         source.list_files(commit, "apps/")
 
 
-def test_a_submodule_or_a_directory_is_not_a_file(fetched: tuple[GitSource, FleetRepo]):
+def test_a_submodule_or_a_directory_is_not_a_file(fetched: tuple[GitSource, BareFleetRepo]):
     source, fleet = fetched
     fleet.commit({}, "gitlink", submodules={"apps/vendored": fleet.head()})
     commit = _ensure_head(source)
@@ -248,7 +250,7 @@ def test_a_submodule_or_a_directory_is_not_a_file(fetched: tuple[GitSource, Flee
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "apps//gw", "apps/./gw", ""])
-def test_a_path_outside_the_repo_is_rejected(fetched: tuple[GitSource, FleetRepo], path: str):
+def test_a_path_outside_the_repo_is_rejected(fetched: tuple[GitSource, BareFleetRepo], path: str):
     source, _ = fetched
     commit = _ensure_head(source)
     with pytest.raises(FileRejected, match="not a relative path"):
@@ -256,7 +258,7 @@ def test_a_path_outside_the_repo_is_rejected(fetched: tuple[GitSource, FleetRepo
 
 
 def test_an_oversized_blob_is_rejected_before_its_data_is_read(
-    fetched: tuple[GitSource, FleetRepo],
+    fetched: tuple[GitSource, BareFleetRepo],
 ):
     source, fleet = fetched
     fleet.commit({"apps/big/app.yaml": bytes(64 * MiB)}, "big")
@@ -271,14 +273,14 @@ def test_an_oversized_blob_is_rejected_before_its_data_is_read(
     assert peak < 2 * MiB  # the 64 MiB never entered this process
 
 
-def test_a_file_exactly_at_the_limit_is_read(fetched: tuple[GitSource, FleetRepo]):
+def test_a_file_exactly_at_the_limit_is_read(fetched: tuple[GitSource, BareFleetRepo]):
     source, fleet = fetched
     fleet.commit({"apps/exact/app.yaml": b"x" * 4096}, "exact")
     commit = _ensure_head(source)
     assert source.read(commit, "apps/exact/app.yaml", max_bytes=4096) == b"x" * 4096
 
 
-def test_list_files_names_regular_files_under_a_prefix(fetched: tuple[GitSource, FleetRepo]):
+def test_list_files_names_regular_files_under_a_prefix(fetched: tuple[GitSource, BareFleetRepo]):
     source, fleet = fetched
     fleet.commit(
         {"apps/db/app.yaml": b"name: db\n", "devices/inventory.yaml": b"{}\n"},
@@ -297,7 +299,7 @@ def test_list_files_names_regular_files_under_a_prefix(fetched: tuple[GitSource,
 
 
 def test_a_down_url_falls_over_to_the_mirror(
-    fleet: FleetRepo, http: GitHttpServer, make_source: MakeSource, caplog
+    fleet: BareFleetRepo, http: GitHttpServer, make_source: MakeSource, caplog
 ):
     caplog.set_level(logging.WARNING)
     down = _nowhere()
@@ -310,7 +312,7 @@ def test_a_down_url_falls_over_to_the_mirror(
 
 
 def test_ensure_tries_the_mirrors_when_the_head_remote_fails(
-    fleet: FleetRepo, srv: Path, daemon: GitDaemon, http: GitHttpServer, make_source, caplog
+    fleet: BareFleetRepo, srv: Path, daemon: GitDaemon, http: GitHttpServer, make_source, caplog
 ):
     caplog.set_level(logging.WARNING)
     clone_repo(fleet, srv / "mirror.git")
@@ -354,7 +356,7 @@ def test_all_remotes_down_name_each_remote_with_credentials_redacted(
 
 
 def test_credentials_stay_out_of_logs_names_and_the_cache_on_success(
-    fleet: FleetRepo, http: GitHttpServer, make_source: MakeSource, tmp_path: Path, caplog
+    fleet: BareFleetRepo, http: GitHttpServer, make_source: MakeSource, tmp_path: Path, caplog
 ):
     caplog.set_level(logging.DEBUG)
     url = f"http://deploy:s3cret@127.0.0.1:{http.port}/fleet.git"
@@ -368,14 +370,14 @@ def test_credentials_stay_out_of_logs_names_and_the_cache_on_success(
         assert not path.is_file() or b"s3cret" not in path.read_bytes(), path
 
 
-def test_a_missing_branch_is_an_error_naming_the_remote(fleet: FleetRepo, make_source):
+def test_a_missing_branch_is_an_error_naming_the_remote(fleet: BareFleetRepo, make_source):
     source = make_source(fleet.file_url, branch="release")
     with pytest.raises(RemotesFailed, match=f"branch release not found on {fleet.file_url}"):
         source.head()
 
 
 def test_a_missing_branch_on_the_primary_falls_to_a_mirror_that_has_it(
-    srv: Path, fleet: FleetRepo, make_source: MakeSource
+    srv: Path, fleet: BareFleetRepo, make_source: MakeSource
 ):
     other = make_repo(srv / "other.git", branch="develop")
     other.commit({"x": b"y"}, "unrelated")

@@ -21,10 +21,11 @@ from reconciler.adapters.docker_engine import DockerEngine
 from reconciler.core import health_rules
 from reconciler.core.settings import HealthSettings
 from reconciler.device import health_wait
+from testkit.loopback import free_port
 
 TIMEOUT = 4.0
 STABLE_FOR = 1.0
-# A shell as PID 1 that exits on SIGTERM (see tests/infra/images.py), serving /www.
+# A shell as PID 1 that exits on SIGTERM (see testkit/images.py), serving /www.
 SERVE = "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"
 # busybox httpd turns a CGI script's "Status:" header into the response status line.
 CGI_500 = (
@@ -32,12 +33,6 @@ CGI_500 = (
     "printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\n'\n"
     "echo broken\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

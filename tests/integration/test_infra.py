@@ -20,9 +20,9 @@ import pytest
 
 from demo import lab
 from reconciler import model
-from tests.infra import engine
-from tests.infra.engine import PODMAN, PODMAN_HOST_ENV, EngineLayout, acquire, answers
-from tests.infra.registry import free_port
+from testkit import engine
+from testkit.engine import PODMAN, PODMAN_HOST_ENV, EngineLayout, acquire, answers
+from testkit.loopback import free_port
 
 pytestmark = pytest.mark.docker
 

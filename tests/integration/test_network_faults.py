@@ -2,7 +2,7 @@
 while `reconciler once` runs; the cycle fails in bounded time and says so in `status`, the
 running app keeps serving, nothing is lost, and the next cycle recovers once the fault is gone.
 
-The faults come from `tests/infra/stall_proxy.FaultProxy` in front of the real docker-registry
+The faults come from `testkit/stall_proxy.FaultProxy` in front of the real docker-registry
 and the real `git daemon`: a real stall (bytes stop mid-blob on a live connection), a real
 refused connection, a real 500 answer and real garbage on the wire. Deadlines are the config's
 (`runtime.pull_stall_timeout`, `source.timeout`), set to 2 s here so each test takes seconds.
@@ -23,13 +23,13 @@ import docker
 import docker.errors
 import pytest
 
-from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.git_server import GitDaemon
-from tests.infra.images import ImageFactory
-from tests.infra.private_engine import PrivateEngine, PrivateEngineUnavailable
-from tests.infra.registry import LocalRegistry
-from tests.infra.stall_proxy import Fault, FaultProxy
-from tests.integration.device_lab import DeviceLab, Run, app_manifest, http_get, log_events
+from testkit.cli import CONSOLE_SCRIPT
+from testkit.device_lab import DeviceLab, Run, app_manifest, http_get, log_events
+from testkit.git_server import GitDaemon
+from testkit.images import ImageFactory
+from testkit.private_engine import PrivateEngine, PrivateEngineUnavailable
+from testkit.registry import LocalRegistry
+from testkit.stall_proxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.docker
 
@@ -250,7 +250,7 @@ def test_a_git_server_that_fails_fails_the_cycle_then_recovers(
 
 
 # --- the engine restarted ------------------------------------------------------------------------
-# On a private dockerd (tests/infra/private_engine.py): the shared test engine serves other tests
+# On a private dockerd (testkit/private_engine.py): the shared test engine serves other tests
 # and is never restarted. Its containers stop with it and come back by their restart policy.
 
 

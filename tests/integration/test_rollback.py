@@ -12,9 +12,7 @@ import docker
 import pytest
 
 from reconciler import model
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.device_lab import (
     DeviceLab,
     app_manifest,
     http_get,
@@ -22,6 +20,8 @@ from tests.integration.device_lab import (
     scrape,
     web,
 )
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.cli.conftest import CONSOLE_SCRIPT
-from tests.infra.git_server import GitHttpServer, free_port
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, app_manifest, http_get, managed, scrape
+from testkit.cli import CONSOLE_SCRIPT
+from testkit.device_lab import DeviceLab, app_manifest, http_get, managed, scrape
+from testkit.git_server import GitHttpServer
+from testkit.images import ImageFactory
+from testkit.loopback import free_port
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

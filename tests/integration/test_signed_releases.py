@@ -21,9 +21,7 @@ import pytest
 from reconciler import model
 from reconciler.core import release
 from reconciler.fleet import lab_ca
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.device_lab import (
     DeviceLab,
     LabSigner,
     app_manifest,
@@ -31,6 +29,8 @@ from tests.integration.device_lab import (
     metric,
     scrape,
 )
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

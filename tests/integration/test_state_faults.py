@@ -28,9 +28,7 @@ import pytest
 from reconciler.adapters.git_source import GitSource
 from reconciler.core import status
 from reconciler.device import executor, state_store, wiring
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import (
+from testkit.device_lab import (
     DeviceLab,
     app_manifest,
     http_get,
@@ -40,6 +38,8 @@ from tests.integration.device_lab import (
     scrape,
     web,
 )
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 
 pytestmark = pytest.mark.docker
 

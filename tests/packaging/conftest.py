@@ -17,9 +17,9 @@ from typing import NoReturn
 
 import pytest
 
-from tests.infra.images import ImageFactory
-from tests.infra.registry import LocalRegistry
-from tests.integration.device_lab import DeviceLab, app_manifest
+from testkit.device_lab import DeviceLab, app_manifest
+from testkit.images import ImageFactory
+from testkit.registry import LocalRegistry
 from tests.packaging import chroots
 
 

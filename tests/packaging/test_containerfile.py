@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from tests.integration.device_lab import DeviceLab, managed
+from testkit.device_lab import DeviceLab, managed
 from tests.packaging import chroots
 from tests.packaging.conftest import publish_one_app
 

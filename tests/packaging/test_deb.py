@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.device_lab import DeviceLab, managed
+from testkit.device_lab import DeviceLab, managed
 from tests.packaging import chroots
 from tests.packaging.chroots import Bind, Chroot
 from tests.packaging.conftest import publish_one_app, unavailable

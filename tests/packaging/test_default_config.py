@@ -15,7 +15,7 @@ import pytest
 
 from reconciler import errors
 from reconciler.core import settings
-from tests.cli.conftest import CONSOLE_SCRIPT
+from testkit.cli import CONSOLE_SCRIPT
 from tests.packaging.chroots import PACKAGING
 
 CONFIG = PACKAGING / "config.yaml"

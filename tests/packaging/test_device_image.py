@@ -26,9 +26,8 @@ import pytest
 import yaml
 from docker.models.containers import Container
 
-from reconciler import model
 from reconciler.fleet import lab_ca
-from tests.integration.device_lab import DeviceLab, LabSigner, app_manifest, managed
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, managed, remove_namespace
 from tests.packaging import chroots
 from tests.packaging.chroots import Chroot
 
@@ -410,13 +409,7 @@ def booted(
         yield Booted(device, {name: unit_property(device, name) for name in BOOT_PROPERTIES})
     finally:
         device.remove(force=True)
-        label = {"label": f"{model.LABEL_NAMESPACE}={baked.namespace}"}
-        for container in docker_client.containers.list(all=True, filters=label):
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True, v=True)
-        for network in docker_client.networks.list(filters=label):
-            with contextlib.suppress(docker.errors.NotFound):
-                network.remove()
+        remove_namespace(docker_client, baked.namespace)
 
 
 @pytest.mark.docker

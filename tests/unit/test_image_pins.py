@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from reconciler.errors import ProblemsError
 from reconciler.fleet import image_pins
+from testkit.fleet_repos import FleetRepo
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -18,16 +18,13 @@ def write(root: Path, name: str, *images: str) -> None:
     containers = "\n".join(
         f"    - {{name: c{i}, image: '{image}'}}" for i, image in enumerate(images)
     )
-    path = root / "apps" / name / "app.yaml"
-    path.parent.mkdir(parents=True)
-    path.write_text(
+    fleet = FleetRepo(root)  # `git init` again in an existing repo changes nothing
+    fleet.write(
+        f"apps/{name}/app.yaml",
         f"apiVersion: reconciler/v1\nkind: App\nmetadata: {{name: {name}}}\n"
-        f"spec:\n  selector: {{}}\n  containers:\n{containers}\n"
+        f"spec:\n  selector: {{}}\n  containers:\n{containers}\n",
     )
-    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", name], check=True)
+    fleet.commit(name)
 
 
 def test_tags_become_digests_and_digests_stay(tmp_path: Path):

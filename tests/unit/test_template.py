@@ -9,13 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from demo import run_demo
-from reconciler import cli
 from reconciler.core import manifests
-from tests.cli.conftest import Run
+from testkit.cli import Run
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "fleet-repo-template"
 WORKFLOWS = TEMPLATE / ".github" / "workflows"
@@ -25,22 +23,6 @@ DEVICE_IDENTITY = (
 )
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")  # owner/repo[/path]@<commit sha>
-
-
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    """`reconciler.cli.main(args)` in-process, as tests/cli/conftest.py's fixture does."""
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 def load(path: Path) -> dict[Any, Any]:

@@ -1,4 +1,4 @@
-"""A device lab for integration tests: a fleet repo, a device config, and the real CLI.
+"""A device lab for tests and benchmarks: a fleet repo, a device config, and the real CLI.
 
 `DeviceLab` owns one fleet repo checkout (real git), one device config (its own namespace,
 state_dir and ports on the shared test engine) and runs `reconciler once|status|run` as the
@@ -8,6 +8,7 @@ installed console script, the way an operator does. Images come from the local r
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -28,8 +29,9 @@ import yaml
 from reconciler import model
 from reconciler.core import release
 from reconciler.fleet import release_verb
-from tests.cli.conftest import CONSOLE_SCRIPT, GIT_ENV, FleetRepo, Run
-from tests.infra.registry import free_port
+from testkit.cli import CONSOLE_SCRIPT, Run
+from testkit.fleet_repos import GIT_ENV, FleetRepo
+from testkit.loopback import free_port
 
 __all__ = [
     "DeviceLab",
@@ -41,6 +43,7 @@ __all__ = [
     "log_events",
     "managed",
     "metric",
+    "remove_namespace",
     "scrape",
 ]
 
@@ -238,6 +241,18 @@ def managed(client: docker.DockerClient, namespace: str) -> list[Any]:
             if "no such container" not in str(exc.explanation).lower():
                 raise
     return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+
+
+def remove_namespace(client: docker.DockerClient, namespace: str) -> None:
+    """Remove the containers (with their anonymous volumes) and networks labelled with
+    `namespace`; one already gone is no error (a test or the device may have removed it)."""
+    label = {"label": f"{model.LABEL_NAMESPACE}={namespace}"}
+    for container in client.containers.list(all=True, filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True, v=True)
+    for network in client.networks.list(filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
 
 
 def container_actions(client: docker.DockerClient, namespace: str, since: float) -> list[str]:

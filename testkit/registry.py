@@ -1,8 +1,8 @@
 """A real image registry on loopback (Debian's docker-registry) for pull tests.
 
 Owns: `LocalRegistry` (start/stop/restart `docker-registry serve` on 127.0.0.1 with a temp
-storage dir, push a local image through the engine and return its digest reference) and
-`free_port`. The engine allows plain HTTP to 127.0.0.0/8 registries, so no TLS is needed.
+storage dir, push a local image through the engine and return its digest reference). The
+engine allows plain HTTP to 127.0.0.0/8 registries, so no TLS is needed.
 
 Must not: listen on anything but 127.0.0.1; outlive the session (`close()` stops it and removes
 its storage and log).
@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from testkit.loopback import free_port
 
 if TYPE_CHECKING:
     import docker
@@ -42,13 +44,6 @@ class RegistryError(Exception):
 
 class RegistryUnavailable(RegistryError):
     """docker-registry is not installed here."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (another process may still take it: retry)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalRegistry:

@@ -1,13 +1,10 @@
-"""Real Git servers on loopback and quick fleet repos, for integration tests.
+"""Real Git servers on loopback, serving the bare repos of `fleet_repos`.
 
 Owns: `GitDaemon` (git://), `GitHttpServer` (smart HTTP: `git http-backend` as CGI under a tiny
-threaded server, because http.server's CGI support is deprecated and gone in 3.13),
-`GitDumbHttpServer` (plain file serving, to exercise servers that refuse shallow fetches), and
-`make_repo` / `commit_files` to build bare fleet repos with plumbing commands.
+threaded server, because http.server's CGI support is deprecated and gone in 3.13) and
+`GitDumbHttpServer` (plain file serving, to exercise servers that refuse shallow fetches).
 
-Every git call is an argument list, never a shell, with a fixed author, committer, date and no
-user or system config, so the same files on the same parent give the same commit id everywhere
-(a mirror built by committing the same files matches its primary). Listens on 127.0.0.1 only.
+Git runs as an argument list, never a shell, with `fleet_repos.GIT_ENV`. Listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -15,151 +12,15 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Fleet Test",
-    "GIT_AUTHOR_EMAIL": "fleet@example.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00+0000",
-    "GIT_COMMITTER_NAME": "Fleet Test",
-    "GIT_COMMITTER_EMAIL": "fleet@example.invalid",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00+0000",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "LC_ALL": "C",
-}
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (another process may still take it: retry)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _git(*args: str, input_bytes: bytes | None = None, env: Mapping[str, str] | None = None) -> str:
-    full_env = {**os.environ, **_GIT_ENV, **(env or {})}
-    done = subprocess.run(
-        ["git", *args], input=input_bytes, capture_output=True, env=full_env, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace')}")
-    return done.stdout.decode().strip()
-
-
-# --- fleet repos -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FleetRepo:
-    """A bare repo on disk that tests commit to and servers serve."""
-
-    path: Path
-    branch: str = "main"
-
-    def commit(
-        self,
-        files: Mapping[str, bytes | None],
-        message: str = "change",
-        *,
-        symlinks: Mapping[str, str] | None = None,
-        submodules: Mapping[str, str] | None = None,
-    ) -> str:
-        return commit_files(
-            self.path,
-            files,
-            message,
-            branch=self.branch,
-            symlinks=symlinks,
-            submodules=submodules,
-        )
-
-    def head(self) -> str:
-        return _git("--git-dir", str(self.path), "rev-parse", f"refs/heads/{self.branch}")
-
-    @property
-    def file_url(self) -> str:
-        return self.path.resolve().as_uri()
-
-
-def make_repo(path: Path | str, *, branch: str = "main") -> FleetRepo:
-    """An empty bare repo at `path` whose default branch is `branch`."""
-    target = Path(path)
-    _git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(target))
-    return FleetRepo(path=target, branch=branch)
-
-
-def clone_repo(source: FleetRepo, path: Path | str) -> FleetRepo:
-    """A bare copy of `source` (a mirror with the same commit ids)."""
-    target = Path(path)
-    _git("clone", "--quiet", "--bare", str(source.path), str(target))
-    _git("--git-dir", str(target), "update-server-info")
-    return FleetRepo(path=target, branch=source.branch)
-
-
-def commit_files(
-    repo_path: Path | str,
-    files: Mapping[str, bytes | None],
-    message: str,
-    *,
-    branch: str = "main",
-    symlinks: Mapping[str, str] | None = None,
-    submodules: Mapping[str, str] | None = None,
-) -> str:
-    """Commit on top of `branch`: `files` written (None deletes), `symlinks` as path -> target,
-    `submodules` as path -> commit id (gitlinks). Returns the new commit id."""
-    git_dir = str(repo_path)
-    ref = f"refs/heads/{branch}"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        try:
-            parent: str | None = _git("--git-dir", git_dir, "rev-parse", "--verify", "-q", ref)
-        except RuntimeError:
-            parent = None
-        if parent:
-            _git("--git-dir", git_dir, "read-tree", parent, env=env)
-        # One --index-info batch; mode 0 removes a path, --replace lets a file or link take a
-        # directory's place (and the reverse).
-        lines: list[str] = []
-        for name, data in files.items():
-            if data is None:
-                lines.append(f"0 {'0' * 40}\t{name}")
-                continue
-            blob = _git("--git-dir", git_dir, "hash-object", "-w", "--stdin", input_bytes=data)
-            lines.append(f"100644 {blob}\t{name}")
-        for name, target in (symlinks or {}).items():
-            blob = _git(
-                "--git-dir", git_dir, "hash-object", "-w", "--stdin", input_bytes=target.encode()
-            )
-            lines.append(f"120000 {blob}\t{name}")
-        lines.extend(f"160000 {sha}\t{name}" for name, sha in (submodules or {}).items())
-        if lines:
-            index_info = ("\n".join(lines) + "\n").encode()
-            _git(
-                "--git-dir",
-                git_dir,
-                "update-index",
-                "--replace",
-                "--index-info",
-                input_bytes=index_info,
-                env=env,
-            )
-        tree = _git("--git-dir", git_dir, "write-tree", env=env)
-    parents = ["-p", parent] if parent else []
-    commit = _git("--git-dir", git_dir, "commit-tree", tree, *parents, "-m", message)
-    _git("--git-dir", git_dir, "update-ref", ref, commit)
-    # Dumb HTTP clients read info/refs and objects/info/packs: keep them current.
-    _git("--git-dir", git_dir, "update-server-info")
-    return commit
-
+from testkit.fleet_repos import GIT_ENV
+from testkit.loopback import free_port
 
 # --- git daemon --------------------------------------------------------------------------------
 
@@ -190,7 +51,7 @@ class GitDaemon:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, **_GIT_ENV},
+            env={**os.environ, **GIT_ENV},
         )
         _wait_for_port(self.port, self._proc)
         return self
@@ -270,7 +131,7 @@ class _GitCgiHandler(BaseHTTPRequestHandler):
             "CONTENT_TYPE": self.headers.get("Content-Type", ""),
             "CONTENT_LENGTH": str(len(body)),
             "REMOTE_ADDR": self.client_address[0],
-            **_GIT_ENV,
+            **GIT_ENV,
         }
         skip = {"content-type", "content-length", "transfer-encoding"}
         for key, value in self.headers.items():

@@ -1,6 +1,6 @@
 """A second, private Docker engine for the tests that restart one (`restart()`).
 
-The shared test engine (tests/infra/engine.py) serves every test of the run and must never be
+The shared test engine (testkit/engine.py) serves every test of the run and must never be
 restarted. This one is started by the test that needs it, and stays out of the shared engine's
 way: its own data root, exec root (so its own containerd) and socket in a temp dir under
 /var/tmp; its own default bridge, created here on 10.216.N.1/24 (N from the pid); no iptables
