@@ -258,8 +258,8 @@ def _split(path: str) -> list[str]:
 class Behaviour:
     """How a container of one image behaves once started, as `inspect_health` reports it.
 
-    `crash_loop`: the engine keeps restarting it (each inspect sees one more restart, in a new
-    "restarting" episode). `exec_exit_code`: what an `exec` check exits with (None: times out).
+    `crash_loop`: the engine keeps restarting it (each inspect sees it "restarting", with one
+    more restart). `exec_exit_code`: what an `exec` check exits with (None: times out).
     """
 
     status: str = "running"
@@ -422,8 +422,9 @@ class FakeEngine:
         self._record("inspect_health", container_id)
         found = self._ours(container_id, f"inspect container {container_id[:12]}")
         if found.behaviour.crash_loop and found.status != "exited":
+            # The engine restarted it again since the last look, and it died again.
             found.restart_count += 1
-            found.status = "restarting" if found.status != "restarting" else "running"
+            found.status = "restarting"
         return ports.HealthInfo(
             status=found.status,
             health=found.health,

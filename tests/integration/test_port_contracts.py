@@ -10,6 +10,7 @@ does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from reconciler import errors, model, ports
 from reconciler.adapters import docker_translate as tr
 from tests.conftest import _engines
-from tests.fakes import FakeEngine, FleetSimulator
+from tests.fakes import FakeEngine, FleetSimulator, exits
 from tests.infra.git_server import FleetRepo, make_repo
 
 MANIFEST = "apps/gw/app.yaml"
@@ -209,30 +210,40 @@ MISSING_IMAGE = "127.0.0.1:9/contract/missing:1"  # port 9 (discard): nothing an
 class EngineSide:
     engine: ports.ContainerEngine
     namespace: str
-    image: str  # present in the engine
+    image: str  # present in the engine; runs until stopped
+    exiting_image: str  # present in the engine; exits with code 3 at once
 
 
 @pytest.fixture
 def side(engine_kind: str, request: pytest.FixtureRequest) -> Iterator[EngineSide]:
     if engine_kind == "fake":
-        image = "registry.example/contract/sleeper:1"
-        fake = FakeEngine(namespace="contract", images=[image])
+        image, exiting = "registry.example/contract/sleeper:1", "registry.example/contract/exits:3"
+        fake = FakeEngine(namespace="contract", images=[image, exiting])
+        fake.behave(exiting, exits(3))
         fake.fail_pull(MISSING_IMAGE, "connection refused")
-        yield EngineSide(fake, "contract", image)
+        yield EngineSide(fake, "contract", image, exiting)
         return
     from reconciler.adapters.docker_engine import DockerEngine
 
     namespace = request.getfixturevalue("namespace")
-    image = request.getfixturevalue("images").sleeper("contract-sleeper")
+    images = request.getfixturevalue("images")
+    image, exiting = images.sleeper("contract-sleeper"), images.exits("contract-exits", 3)
     real = DockerEngine(
         base_url=request.getfixturevalue("docker_host"), namespace=namespace, timeout=30
     )
-    yield EngineSide(real, namespace, image)
+    yield EngineSide(real, namespace, image, exiting)
     real.close()
 
 
-def desired(side: EngineSide, *, revision: str = "r1", env: str = "") -> model.DesiredContainer:
-    spec = model.ContainerSpec(name="main", image=side.image, env=(("WHO", env),) if env else ())
+def desired(
+    side: EngineSide, *, revision: str = "r1", env: str = "", image: str | None = None
+) -> model.DesiredContainer:
+    spec = model.ContainerSpec(
+        name="main",
+        image=image or side.image,
+        env=(("WHO", env),) if env else (),
+        restart="no",
+    )
     return model.DesiredContainer(
         app="gw",
         revision=revision,
@@ -304,6 +315,23 @@ def test_inspect_health_reports_a_running_container_without_a_healthcheck(side: 
     info = side.engine.inspect_health(container_id)
 
     assert info == ports.HealthInfo(status="running", health=None, restart_count=0, exit_code=0)
+
+
+@ENGINES
+def test_a_container_that_exits_is_reported_exited_with_its_code(side: EngineSide):
+    container_id = side.engine.create_and_start(
+        desired(side, image=side.exiting_image), env_file_values=None
+    )
+
+    deadline = time.monotonic() + 10
+    info = side.engine.inspect_health(container_id)
+    while info.status != "exited" and time.monotonic() < deadline:
+        time.sleep(0.05)  # the real container needs a moment to exit
+        info = side.engine.inspect_health(container_id)
+
+    assert info == ports.HealthInfo(status="exited", health=None, restart_count=0, exit_code=3)
+    (found,) = side.engine.list_managed()
+    assert (found.status, found.exit_code, found.restart_count) == ("exited", 3, 0)
 
 
 @ENGINES

@@ -21,11 +21,13 @@ from reconciler.device.metrics import Metrics
 from reconciler.device.state_store import StateStore
 from tests.fakes import (
     UNHEALTHY,
+    Behaviour,
     FakeClock,
     FakeEngine,
     FakeVerifier,
     FleetSimulator,
     app_manifest,
+    exits,
     manifest_path,
 )
 
@@ -459,6 +461,36 @@ def test_an_unhealthy_change_is_rolled_back_and_its_revision_held_back(tmp_path:
     assert device.cycle().result == "converged"
     assert device.running() == {"web": V2}
     assert device.state.held_back == ()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "fields", "reason"),
+    [
+        (UNHEALTHY, {"health": {"docker": True, "failure_threshold": 1}}, "reports unhealthy"),
+        (exits(1), {"restart": "no"}, "exited with code 1"),
+        (
+            Behaviour(exec_exit_code=1),
+            {"health": {"exec": ["check"], "failure_threshold": 1}},
+            "exited 1",
+        ),
+        # Two more restarts since the wait began: three looks, two 0.25 s polls of real time.
+        (Behaviour(crash_loop=True), {}, "keeps restarting"),
+    ],
+    ids=["docker-unhealthy", "exits", "exec-fails", "crash-loop"],
+)
+def test_each_kind_of_certain_failure_rolls_back_before_the_timeout(
+    device: Device, behaviour: Behaviour, fields: dict[str, object], reason: str
+):
+    device.fleet.release({"web": web(V1)})
+    device.cycle()
+    device.fleet.release({"web": web(V2, **fields)})
+    device.engine.behave(V2, behaviour)
+
+    outcome = device.cycle()
+
+    assert outcome.result == "rolled_back", outcome.message
+    assert reason in outcome.message
+    assert device.running() == {"web": V1}
 
 
 def test_a_replacement_that_cannot_be_created_is_reported_as_rolled_back(device: Device):
