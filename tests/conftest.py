@@ -53,7 +53,7 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def _engines() -> list[str]:
+def engines_under_test() -> list[str]:
     """The engines the engine-facing tests run on: RECONCILER_TEST_ENGINES (comma-separated),
     by default both."""
     chosen = os.environ.get(ENGINES_ENV, f"{DOCKER},{PODMAN}")
@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
-@pytest.fixture(scope="session", params=_engines())
+@pytest.fixture(scope="session", params=engines_under_test())
 def engine_kind(request: pytest.FixtureRequest) -> str:
     """Which engine this test runs on: every engine-facing test runs once per engine."""
     return str(request.param)

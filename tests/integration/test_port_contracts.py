@@ -20,9 +20,9 @@ import pytest
 
 from reconciler import errors, model, ports
 from reconciler.adapters import docker_translate as tr
-from tests.conftest import _engines
+from testkit.fleet_repos import BareFleetRepo, make_repo
+from tests.conftest import engines_under_test
 from tests.fakes import FakeEngine, FleetSimulator, exits
-from tests.infra.git_server import FleetRepo, make_repo
 
 MANIFEST = "apps/gw/app.yaml"
 RELEASE = ".fleet/release.json"
@@ -66,7 +66,7 @@ class GitFleet:
     def __init__(self, root: Path) -> None:
         from reconciler.adapters.git_source import GitSource
 
-        self.repo: FleetRepo = make_repo(root / "srv" / "fleet.git")
+        self.repo: BareFleetRepo = make_repo(root / "srv" / "fleet.git")
         self.remote = self.repo.file_url
         self._away = root / "srv" / "moved.git"
         self.source: ports.FleetSource = GitSource(
@@ -202,7 +202,7 @@ def test_a_commit_that_is_not_a_full_object_id_is_a_value_error(fleet: Fleet, co
 # --- ContainerEngine --------------------------------------------------------------------------
 
 # Every engine test runs on the fake and on each real engine; "fake" requests no real fixture.
-ENGINES = pytest.mark.parametrize("engine_kind", ["fake", *_engines()], scope="session")
+ENGINES = pytest.mark.parametrize("engine_kind", ["fake", *engines_under_test()], scope="session")
 MISSING_IMAGE = "127.0.0.1:9/contract/missing:1"  # port 9 (discard): nothing answers a pull
 
 

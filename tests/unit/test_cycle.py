@@ -94,6 +94,7 @@ def make_device(
     trust: str = TRUST_UNSIGNED,
     remotes: tuple[str, ...] = ("origin",),
     metrics: bool = False,
+    verifier: FakeVerifier | None = None,
 ) -> Device:
     state_dir = tmp_path / "state"
     config = (
@@ -116,6 +117,7 @@ def make_device(
         engine=engine,
         store=store,
         metrics=gauges,
+        verifier=verifier or FakeVerifier(accept=False, reason="unsigned"),
     )
     return Device(fleet, engine, store, reconciler, FakeClock(), state_dir, gauges)
 
@@ -395,9 +397,8 @@ def test_an_expired_release_applies_nothing_new_and_keeps_the_running_apps(devic
 
 
 def test_a_release_the_verifier_refuses_is_not_applied(tmp_path: Path):
-    # `Reconciler` builds its sigstore verifier itself; the fake replaces it after construction.
-    device = make_device(tmp_path, trust=TRUST_CI)
-    device.reconciler.verifier = FakeVerifier(accept=False, reason="wrong_identity")  # type: ignore[assignment]
+    refusing = FakeVerifier(accept=False, reason="wrong_identity")
+    device = make_device(tmp_path, trust=TRUST_CI, verifier=refusing)
     device.fleet.release({"web": web(V1)})
 
     outcome = device.cycle()
@@ -409,9 +410,8 @@ def test_a_release_the_verifier_refuses_is_not_applied(tmp_path: Path):
 
 
 def test_a_signed_release_the_verifier_accepts_is_applied(tmp_path: Path):
-    device = make_device(tmp_path, trust=TRUST_CI)
     verifier = FakeVerifier(accept=True)
-    device.reconciler.verifier = verifier  # type: ignore[assignment]
+    device = make_device(tmp_path, trust=TRUST_CI, verifier=verifier)
     device.fleet.release({"web": web(V1)})
 
     assert device.cycle().result == "converged"
@@ -507,13 +507,6 @@ def test_a_replacement_that_cannot_be_created_is_reported_as_rolled_back(device:
     assert [a.revision for a in device.state.apps] == [revision(web(V1))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when the failed apply left every container as it was, the rollback's converge "
-    "is 'unchanged' and `_roll_back` never saves its state: the revision is not held back "
-    "(tried again every cycle) and state.json keeps `pending` (the next cycle reports an "
-    "interrupted transaction)",
-)
 def test_a_replacement_that_cannot_be_created_is_held_back_and_its_transaction_closed(
     device: Device,
 ):
