@@ -106,7 +106,6 @@ def open_device(
     device_settings: settings.DeviceSettings, *, metrics: Metrics | None = None
 ) -> Iterator[Device]:
     """Adapters for `device_settings`, closed on exit. The caller holds the state lock."""
-    from reconciler.adapters.docker_engine import DockerEngine
     from reconciler.adapters.git_source import GitSource
     from reconciler.device.cycle import Reconciler
 
@@ -117,11 +116,7 @@ def open_device(
         branch=device_settings.source.branch,
         timeout=device_settings.source.timeout,
     )
-    engine = DockerEngine(
-        base_url=device_settings.runtime.docker_host,
-        namespace=device_settings.runtime.namespace,
-        pull_stall_timeout=device_settings.runtime.pull_stall_timeout,
-    )
+    engine = open_engine(device_settings)
     try:
         yield Device(
             settings=device_settings,
@@ -140,3 +135,16 @@ def open_device(
     finally:
         git.close()
         engine.close()
+
+
+def open_engine(device_settings: settings.DeviceSettings, *, timeout: float = 60.0) -> DockerEngine:
+    """The container engine of `device_settings` (Docker Engine, or Podman's compatible API);
+    `timeout` bounds every API call. The caller closes it."""
+    from reconciler.adapters.docker_engine import DockerEngine
+
+    return DockerEngine(
+        base_url=device_settings.runtime.docker_host,
+        namespace=device_settings.runtime.namespace,
+        timeout=timeout,
+        pull_stall_timeout=device_settings.runtime.pull_stall_timeout,
+    )
