@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -50,6 +50,7 @@ class Converger:
     store: state_store.StateStore
     metrics: Metrics | None = None
     crash_loops: crash_loops.CrashLoops = field(default_factory=crash_loops.CrashLoops)
+    clock: ports.Clock | None = None  # None: the system's (time.monotonic, time.sleep)
     failed_apps: set[str] = field(default_factory=set)  # blocked or failed here this cycle
 
     def converge(
@@ -207,7 +208,10 @@ class Converger:
                 continue
             checked.append(health_rules.Target(d.app, d.spec.name, found.id, d.spec))
         logs.event(_log, logging.INFO, "health.wait", apps=sorted(apps))
-        verdict = health_wait.wait_healthy(self.engine, checked, self.settings.health)
+        monotonic, sleep = self._timing()
+        verdict = health_wait.wait_healthy(
+            self.engine, checked, self.settings.health, clock=monotonic, sleep=sleep
+        )
         failed = {**verdict.failed, **missing}
         level = logging.INFO if not failed else logging.ERROR
         logs.event(
@@ -224,12 +228,18 @@ class Converger:
         """The managed containers, once the engine finished removing any (a run killed during
         a removal leaves the engine to finish it: planning around a container that is about to
         vanish would keep it, then find it missing)."""
-        deadline = time.monotonic() + SETTLE_SECONDS
+        monotonic, sleep = self._timing()
+        deadline = monotonic() + SETTLE_SECONDS
         while True:
             observed = self.engine.list_managed()
-            if time.monotonic() > deadline or all(o.status != "removing" for o in observed):
+            if monotonic() > deadline or all(o.status != "removing" for o in observed):
                 return observed
-            time.sleep(0.1)
+            sleep(0.1)
+
+    def _timing(self) -> tuple[Callable[[], float], Callable[[float], None]]:
+        if self.clock is None:
+            return time.monotonic, time.sleep
+        return self.clock.monotonic, self.clock.sleep
 
     def _count_drift(
         self, actions: Sequence[model.Action], applied_revisions: Mapping[str, str]

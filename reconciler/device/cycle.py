@@ -48,8 +48,10 @@ class Reconciler:
         store: state_store.StateStore,
         metrics: Metrics | None = None,
         verifier: ports.ReleaseVerifier | None = None,
+        clock: ports.Clock | None = None,
     ) -> None:
-        """`verifier` defaults to the sigstore verifier of `settings.trust`."""
+        """`verifier` defaults to the sigstore verifier of `settings.trust`, `clock` to the
+        system's."""
         self.settings = settings
         self.labels = dict(labels)
         self.git = git
@@ -63,7 +65,8 @@ class Reconciler:
                 trusted_root=settings.trust.trusted_root,
             )
         self.intake = intake.Intake(git, verifier, allow_unsigned=settings.trust.allow_unsigned)
-        self.converger = converge.Converger(settings, engine, store, metrics)
+        self.clock = clock or SystemClock()
+        self.converger = converge.Converger(settings, engine, store, metrics, clock=self.clock)
         self.journal = journal.Journal(settings, store, metrics)
         self.fetch_failures = 0  # consecutive; the daemon backs off on it
         self.consecutive_failures = 0  # cycles that crashed in a row; backed off like fetches
@@ -81,11 +84,11 @@ class Reconciler:
     def cycle(self, *, now: datetime | None = None) -> CycleOutcome:
         """Run one cycle; never raises (short of KeyboardInterrupt/SystemExit): fleet, engine
         and disk trouble, and any bug, end as a returned outcome."""
-        started = time.monotonic()
-        outcome = self.journal.guarded("cycle", lambda: self._cycle(now or datetime.now(UTC)))
+        started = self.clock.monotonic()
+        outcome = self.journal.guarded("cycle", lambda: self._cycle(now or self.clock.now()))
         self.consecutive_failures = self.consecutive_failures + 1 if self.journal.crashed else 0
         if self.metrics is not None:
-            self.metrics.record_cycle(outcome.result, time.monotonic() - started)
+            self.metrics.record_cycle(outcome.result, self.clock.monotonic() - started)
             try:
                 final = self.store.load()
             except (state.StateError, OSError):
@@ -105,7 +108,7 @@ class Reconciler:
         return self.journal.guarded(
             "rollback",
             lambda: rollback.by_hand(
-                self.converger, self._recover(self.store.load()), now or datetime.now(UTC)
+                self.converger, self._recover(self.store.load()), now or self.clock.now()
             ),
         )
 
@@ -237,3 +240,16 @@ class Reconciler:
             by_path.get(path, path) for path in selection.invalid
         }
         return selection
+
+
+class SystemClock:
+    """The `ports.Clock` of a real device: UTC wall time, the monotonic clock, real sleeps."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)

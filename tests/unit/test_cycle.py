@@ -110,6 +110,7 @@ def make_device(
     engine = FakeEngine(namespace=NAMESPACE)
     store = StateStore(state_dir)
     gauges = Metrics(remotes=remotes) if metrics else None
+    clock = FakeClock()  # health waits and settling sleep on it: no real time passes
     reconciler = Reconciler(
         settings=loaded,
         labels={"role": "gateway"},
@@ -118,8 +119,9 @@ def make_device(
         store=store,
         metrics=gauges,
         verifier=verifier or FakeVerifier(accept=False, reason="unsigned"),
+        clock=clock,
     )
-    return Device(fleet, engine, store, reconciler, FakeClock(), state_dir, gauges)
+    return Device(fleet, engine, store, reconciler, clock, state_dir, gauges)
 
 
 @pytest.fixture
@@ -445,6 +447,7 @@ def test_an_unhealthy_change_is_rolled_back_and_its_revision_held_back(tmp_path:
     assert held.reason.startswith("health check failed")
     assert after.last_error == outcome.message
     assert device.metric("reconciler_rollbacks_total", app="web") == 1
+    assert device.clock.slept  # the health wait slept on the device's clock, not for real
 
     # The held-back revision is not tried again: the next poll leaves the engine alone (and
     # records the release as seen, its held-back app kept at the previous revision).
