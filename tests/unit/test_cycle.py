@@ -447,7 +447,6 @@ def test_an_unhealthy_change_is_rolled_back_and_its_revision_held_back(tmp_path:
     assert held.reason.startswith("health check failed")
     assert after.last_error == outcome.message
     assert device.metric("reconciler_rollbacks_total", app="web") == 1
-    assert device.clock.slept  # the health wait slept on the device's clock, not for real
 
     # The held-back revision is not tried again: the next poll leaves the engine alone (and
     # records the release as seen, its held-back app kept at the previous revision).
@@ -476,7 +475,7 @@ def test_an_unhealthy_change_is_rolled_back_and_its_revision_held_back(tmp_path:
             {"health": {"exec": ["check"], "failure_threshold": 1}},
             "exited 1",
         ),
-        # Two more restarts since the wait began: three looks, two 0.25 s polls of real time.
+        # Two more restarts since the wait began: three looks, two 0.25 s polls of the clock.
         (Behaviour(crash_loop=True), {}, "keeps restarting"),
     ],
     ids=["docker-unhealthy", "exits", "exec-fails", "crash-loop"],
@@ -494,6 +493,18 @@ def test_each_kind_of_certain_failure_rolls_back_before_the_timeout(
     assert outcome.result == "rolled_back", outcome.message
     assert reason in outcome.message
     assert device.running() == {"web": V1}
+
+
+def test_the_health_wait_polls_on_the_devices_clock_not_in_real_time(device: Device):
+    device.fleet.release({"web": web(V1)})
+    device.cycle()
+    device.fleet.release({"web": web(V2)})
+    device.engine.behave(V2, Behaviour(crash_loop=True))
+
+    assert device.cycle().result == "rolled_back"
+
+    # The polls between looks slept on the injected clock (a real sleep would leave it empty).
+    assert device.clock.slept
 
 
 def test_a_replacement_that_cannot_be_created_is_reported_as_rolled_back(device: Device):
