@@ -129,12 +129,24 @@ class FileRejected(ProblemsError, RevisionRejected):
 
 
 class EngineError(TransientError):
-    """The container engine failed or is unreachable."""
+    """The container engine failed or is unreachable.
+
+    `unavailable`: the engine did not answer, or answered with a server error (restarting,
+    overloaded): nothing says the revision is at fault. False when it refused the request.
+    """
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 class ApplyError(ReconcilerError):
     """An action failed half way: roll back. `app` names the app whose action failed."""
 
-    def __init__(self, message: str, *, app: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, app: str | None = None, engine_unavailable: bool = False
+    ) -> None:
         super().__init__(message)
         self.app = app
+        # The engine went away mid-apply (a dockerd restart): the revision is not to blame.
+        self.engine_unavailable = engine_unavailable

@@ -302,7 +302,8 @@ class FakeEngine:
         self.closed = False
         self._behaviours: dict[str, Behaviour] = {}
         self._pull_failures: dict[str | None, str] = {}  # image (None: every image) -> reason
-        self._create_failures: dict[tuple[str, str | None], str] = {}  # (app, container)
+        # (app, container) -> (reason, whether the engine was unavailable rather than refusing)
+        self._create_failures: dict[tuple[str, str | None], tuple[str, bool]] = {}
         self._unreachable: str | None = None
         self._ids = itertools.count(1)
 
@@ -317,10 +318,16 @@ class FakeEngine:
         self._pull_failures[image] = reason
 
     def fail_create(
-        self, app: str, container: str | None = None, reason: str = "no space left on device"
+        self,
+        app: str,
+        container: str | None = None,
+        reason: str = "no space left on device",
+        *,
+        unavailable: bool = False,
     ) -> None:
-        """Creating (or replacing) `container` of `app` (None: any of its containers) fails."""
-        self._create_failures[(app, container)] = reason
+        """Creating (or replacing) `container` of `app` (None: any of its containers) fails: the
+        engine refuses it, or with `unavailable` goes away (a dockerd restarting mid-apply)."""
+        self._create_failures[(app, container)] = (reason, unavailable)
 
     def go_down(self, reason: str = "connection refused") -> None:
         """Every call fails, as with a stopped dockerd."""
@@ -485,11 +492,11 @@ class FakeEngine:
     ) -> str:
         doing = f"create container {name}"
         spec = desired.spec
-        reason = self._create_failures.get(
+        failure = self._create_failures.get(
             (desired.app, spec.name), self._create_failures.get((desired.app, None))
         )
-        if reason is not None:
-            raise self._error(doing, reason)
+        if failure is not None:
+            raise self._error(doing, failure[0], unavailable=failure[1])
         if spec.image not in self.images:
             raise self._error(doing, f"No such image: {spec.image}")
         args = tr.create_args(desired, namespace=self.namespace, name=name, env_file_values=env)
@@ -539,10 +546,12 @@ class FakeEngine:
 
     def _check_reachable(self, doing: str) -> None:
         if self._unreachable is not None:
-            raise self._error(doing, self._unreachable)
+            raise self._error(doing, self._unreachable, unavailable=True)
 
-    def _error(self, doing: str, reason: str) -> errors.EngineError:
-        return errors.EngineError(f"docker engine (fake): {doing}: {reason}")
+    def _error(self, doing: str, reason: str, *, unavailable: bool = False) -> errors.EngineError:
+        return errors.EngineError(
+            f"docker engine (fake): {doing}: {reason}", unavailable=unavailable
+        )
 
 
 # --- time and trust -----------------------------------------------------------------------------

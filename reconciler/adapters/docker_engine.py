@@ -120,9 +120,14 @@ class DockerEngine:
             reason = e.explanation or str(e)
             if isinstance(reason, bytes):
                 reason = reason.decode(errors="replace")
-            raise errors.EngineError(f"docker engine ({self._where}): {doing}: {reason}") from e
+            raise errors.EngineError(
+                f"docker engine ({self._where}): {doing}: {reason}",
+                unavailable=e.status_code is None or e.status_code >= 500,
+            ) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
-            raise errors.EngineError(f"docker engine ({self._where}): {doing}: {e}") from e
+            raise errors.EngineError(
+                f"docker engine ({self._where}): {doing}: {e}", unavailable=True
+            ) from e
 
     @property
     def _api(self) -> Any:

@@ -140,7 +140,15 @@ class Converger:
         except ApplyError as exc:
             failed = {exc.app: str(exc)} if exc.app in changed_apps else {}
             reasons = failed or dict.fromkeys(changed_apps, str(exc))
-            return rollback.roll_back(self, current, aim, reasons, now=now, cause="apply failed")
+            return rollback.roll_back(
+                self,
+                current,
+                aim,
+                reasons,
+                now=now,
+                cause="apply failed",
+                hold=not exc.engine_unavailable,
+            )
         if changed_apps:
             verdict = self.check_health(changed_apps, containers)
             if not verdict.healthy:

@@ -84,7 +84,9 @@ def apply(
             _run(engine, action, env_files)
         except EngineError as exc:
             raise ApplyError(
-                f"{action.kind.value} {action.app}/{action.container}: {exc}", app=action.app
+                f"{action.kind.value} {action.app}/{action.container}: {exc}",
+                app=action.app,
+                engine_unavailable=exc.unavailable,
             ) from exc
         if action.kind is model.ActionKind.REMOVE:
             removed_apps.add(action.app)

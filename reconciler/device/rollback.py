@@ -34,14 +34,17 @@ def roll_back(
     *,
     now: datetime,
     cause: str,
+    hold: bool = True,
 ) -> CycleOutcome:
     """Return every app changed on the way from `current` to `aim`, holding back the
     revisions in `failed` (app -> why). The other changed apps were only caught up in it:
-    they go ahead next cycle."""
+    they go ahead next cycle. `hold=False` when the engine, not the revision, failed (it went
+    away mid-apply): the revision is tried again next cycle."""
     changed = {a.name for a in aim.apps if a not in current.apps}
     reasons = "; ".join(f"{app}: {why}" for app, why in sorted(failed.items()))
     logs.event(_log, logging.ERROR, "rollback.start", cause=cause, failed=reasons)
-    reverted = transitions.rolled_back(current, aim, failed, cause=cause, now=now)
+    held = failed if hold else {}
+    reverted = transitions.rolled_back(current, aim, held, cause=cause, now=now)
     # Saved first: the transaction is closed and the failed revisions held back even when the
     # engine shows nothing to undo (a create that failed left the old container running), and
     # a crash during the rollback leaves a state the next cycle finishes it from.

@@ -70,13 +70,23 @@ def remote_only(
     for ref in (local, f"{registry.address}/{repo_tag}"):
         docker_client.images.remove(ref, force=True)
     yield repo_tag
-    # The low-level listing: the high-level one inspects every image, and one that another
-    # worker removes meanwhile would fail this teardown.
-    for leftover in docker_client.api.images():
-        for ref in leftover.get("RepoTags") or ():
-            if f"/nf/web-{token}:" in ref:
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_client.images.remove(ref, force=True)
+    for ref in _tags_of(docker_client, f"/nf/web-{token}:"):
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(ref, force=True)
+
+
+def _tags_of(client: docker.DockerClient, part: str) -> list[str]:
+    """The image tags containing `part`; best effort: listing every image races other workers'
+    removals (Podman answers 500 for an image removed while it lists), so it is asked again,
+    and a leftover image only costs disk in the test engine."""
+    for _attempt in range(3):
+        try:
+            listed = client.api.images()  # low-level: the high-level one inspects each image
+        except docker.errors.APIError:
+            time.sleep(0.5)
+            continue
+        return [ref for image in listed for ref in image.get("RepoTags") or () if part in ref]
+    return []
 
 
 @pytest.fixture

@@ -536,6 +536,21 @@ def test_a_replacement_that_cannot_be_created_is_held_back_and_its_transaction_c
     assert [h.revision for h in after.held_back] == [revision(web(V2))]
 
 
+def test_an_engine_that_goes_away_mid_apply_is_not_blamed_on_the_revision(device: Device):
+    device.fleet.release({"web": web(V1)})
+    device.cycle()
+    device.fleet.release({"web": web(V2)})
+    device.engine.fail_create("web", reason="connection reset by peer", unavailable=True)
+
+    outcome = device.cycle()
+
+    assert outcome.result == "rolled_back", outcome.message
+    assert device.state.held_back == () and device.state.pending is None
+    device.engine.heal()
+    assert device.cycle().result == "converged"  # tried again: the revision was not at fault
+    assert device.running() == {"web": V2}
+
+
 def test_roll_back_by_hand_returns_to_the_previous_state_and_holds_the_revision_back(
     device: Device,
 ):
