@@ -131,8 +131,9 @@ class FileRejected(ProblemsError, RevisionRejected):
 class EngineError(TransientError):
     """The container engine failed or is unreachable.
 
-    `unavailable`: the engine did not answer, or answered with a server error (restarting,
-    overloaded): nothing says the revision is at fault. False when it refused the request.
+    `unavailable`: the engine did not answer (no socket, connection refused or cut, timed
+    out), as while dockerd restarts: nothing says the request was at fault. False when it
+    answered with an error.
     """
 
     def __init__(self, message: str, *, unavailable: bool = False) -> None:

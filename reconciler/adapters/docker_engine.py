@@ -120,10 +120,8 @@ class DockerEngine:
             reason = e.explanation or str(e)
             if isinstance(reason, bytes):
                 reason = reason.decode(errors="replace")
-            raise errors.EngineError(
-                f"docker engine ({self._where}): {doing}: {reason}",
-                unavailable=e.status_code is None or e.status_code >= 500,
-            ) from e
+            # It answered: even a 500 may be the request's fault (a port already taken).
+            raise errors.EngineError(f"docker engine ({self._where}): {doing}: {reason}") from e
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             raise errors.EngineError(
                 f"docker engine ({self._where}): {doing}: {e}", unavailable=True
@@ -137,7 +135,8 @@ class DockerEngine:
             if (self._base_url or "").startswith("unix://") and not socket_path.exists():
                 raise errors.EngineError(
                     f"docker engine ({self._where}): connect: no socket at {socket_path}; "
-                    "is dockerd (or podman.socket) running?"
+                    "is dockerd (or podman.socket) running?",
+                    unavailable=True,
                 )
             # types-docker types the timeout as int; docker-py passes it on to requests, whose
             # timeouts are float seconds.
