@@ -265,3 +265,34 @@ def test_5xx_is_a_fetch_failure_a_mirror_takes_over_and_the_host_recovers(device
     assert run.code == 0, run.out + run.err
     assert http_get(device.port) == "static v1"
     assert "fetch.failover" in run.err
+
+
+def swap_release(device: Device, data: bytes, signer: LabSigner, *, version: int = 1) -> None:
+    """The host serves `data` signed by `signer` as release `version`; latest.json names it."""
+    from reconciler.fleet import lab_ca as ca
+
+    bundle = ca.sign(signer.ca, data, identity=signer.identity, issuer=signer.issuer)
+    (device.tree / published.release_path(version)).write_bytes(data)
+    (device.tree / published.bundle_path(version)).write_bytes(bundle)
+    latest = published.Latest(version=version, sha256=release.digest(data))
+    (device.tree / published.LATEST).write_bytes(published.latest_bytes(latest))
+
+
+def test_a_release_swapped_under_the_same_version_is_refused_as_an_equivocation(
+    device: Device, lab_signer: LabSigner
+):
+    doc = json.loads((device.tree / published.release_path(1)).read_bytes())
+    doc["expires"] = "2099-01-01T00:00:00Z"  # validly signed, other bytes, same version
+    swap_release(device, json.dumps(doc).encode(), lab_signer)
+    device.refused("refusing an equivocation", key="last_verification_failure")
+
+
+def test_a_tree_signed_for_another_fleet_is_refused(
+    device: Device, tmp_path_factory: pytest.TempPathFactory
+):
+    stranger = tmp_path_factory.mktemp("other-fleet") / "ca"
+    lab_ca.init(stranger)
+    doc = json.loads((device.tree / published.release_path(1)).read_bytes())
+    doc["version"] = 2
+    swap_release(device, json.dumps(doc).encode(), LabSigner(stranger), version=2)
+    device.refused("signature does not verify", key="last_verification_failure")
