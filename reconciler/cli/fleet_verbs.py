@@ -106,6 +106,8 @@ def add_verbs(verbs: Verbs) -> None:
         example="reconciler publish ./fleet ./public --config ./device-config.yaml",
         handler=_publish,
     )
+    # [REPO] OUT: argparse cannot say "an optional positional before a required one".
+    publish.usage = "reconciler publish [-h] [--config CONFIG] [--allow-unsigned] [REPO] OUT"
     publish.add_argument(
         "paths",
         nargs="+",

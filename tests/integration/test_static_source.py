@@ -296,3 +296,12 @@ def test_a_tree_signed_for_another_fleet_is_refused(
     doc["version"] = 2
     swap_release(device, json.dumps(doc).encode(), LabSigner(stranger), version=2)
     device.refused("signature does not verify", key="last_verification_failure")
+
+
+def test_blobs_failing_with_5xx_keep_the_applied_state_until_the_host_recovers(device: Device):
+    device.release("v2")
+    device.nginx.reload("location /blobs/ { return 500; }")
+    device.refused("blobs/sha256/")  # fetched only after the release verified
+    assert "HTTP 500" in str(device.lab.status()["last_error"])
+    device.nginx.reload("")
+    device.applies("static v2")
