@@ -6,7 +6,7 @@ nothing else in the package catches third-party exception types.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -104,6 +104,28 @@ class FetchError(TransientError):
     """
 
     failures: tuple[tuple[str, str], ...] = ()
+
+
+class RemotesFailed(FetchError):
+    """Every remote of a fleet source tried failed; `failures` holds (redacted remote, reason)
+    in the order tried.
+
+    The daemon counts `reconciler_fetch_errors_total{remote}` from `failures`.
+    """
+
+    def __init__(self, action: str, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures: tuple[tuple[str, str], ...] = tuple(failures)
+        detail = "; ".join(f"{remote}: {reason}" for remote, reason in self.failures)
+        super().__init__(f"{action}: every remote failed: {detail}")
+
+
+class FileRejected(ProblemsError, RevisionRejected):
+    """A path at a commit is not a readable regular file (symlink, submodule, tree, too big):
+    what every fleet source raises, so the cycle refuses the revision whatever the source."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__([Problem(file=path, field="", message=reason)])
+        self.path = path
 
 
 class EngineError(TransientError):

@@ -73,6 +73,9 @@ class DeviceMapping:
     permissions: str = "rwm"
 
 
+HealthKind = Literal["http", "tcp", "exec", "docker"]  # manifests accept exactly these
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     """Exactly one kind: `http` (host port + path), `tcp` (host port), `exec`, `docker`.
@@ -82,7 +85,7 @@ class HealthCheck:
     start period) that make the container unhealthy at once (SPEC 2.1).
     """
 
-    kind: Literal["http", "tcp", "exec", "docker"]
+    kind: HealthKind
     port: int | None = None
     path: str = "/"
     command: tuple[str, ...] = ()

@@ -52,24 +52,6 @@ def manifest_path(app: str) -> str:
 # --- the fleet repo and the device's view of it -------------------------------------------------
 
 
-class RemotesFailed(errors.FetchError):
-    """Every remote tried failed; `failures` holds (remote, reason) in the order tried (as
-    `git_source.RemotesFailed`: the cycle counts fetch errors per remote from it)."""
-
-    def __init__(self, action: str, failures: Sequence[tuple[str, str]]) -> None:
-        self.failures: tuple[tuple[str, str], ...] = tuple(failures)
-        detail = "; ".join(f"{remote}: {reason}" for remote, reason in self.failures)
-        super().__init__(f"{action}: every remote failed: {detail}")
-
-
-class FileRejected(errors.ProblemsError, errors.RevisionRejected):
-    """A path at a commit is not a readable regular file (as `git_source.FileRejected`)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__([errors.Problem(file=path, field="", message=reason)])
-        self.path = path
-
-
 @dataclass(frozen=True)
 class Head:
     """What `FleetSimulator.head` returns (a `ports.RemoteHead`)."""
@@ -182,7 +164,7 @@ class FleetSimulator:
                 failures.append((remote, f"branch {self.branch} not found on {remote}"))
             else:
                 return Head(self.head_commit, remote, tuple(failures))
-        raise RemotesFailed(f"head of branch {self.branch}", failures)
+        raise errors.RemotesFailed(f"head of branch {self.branch}", failures)
 
     def ensure(self, commit: str, remote: str) -> None:
         sha = _check_sha(commit)
@@ -203,7 +185,7 @@ class FleetSimulator:
                 return
             reason = f"branch {self.branch} no longer points at {sha} (moved since the query)"
             failures.append((candidate, reason))
-        raise RemotesFailed(f"fetch {sha} of branch {self.branch}", failures)
+        raise errors.RemotesFailed(f"fetch {sha} of branch {self.branch}", failures)
 
     def read(self, commit: str, path: str, *, max_bytes: int) -> bytes | None:
         sha, parts = _check_sha(commit), _split(path)
@@ -217,16 +199,18 @@ class FleetSimulator:
                 return None  # "a/b" where "a" is a file: no such path
             if above is not None:
                 where = "/".join(parts[:depth])
-                raise FileRejected(path, f"{where} is a {above.kind}; it is never followed")
+                raise errors.FileRejected(path, f"{where} is a {above.kind}; it is never followed")
         entry = tree.get(path)
         if entry is None:
             if any(p.startswith(f"{path}/") for p in tree):
-                raise FileRejected(path, "is a directory, not a regular file")
+                raise errors.FileRejected(path, "is a directory, not a regular file")
             return None
         if entry.kind == "symbolic link":
-            raise FileRejected(path, "is a symbolic link; links are never followed")
+            raise errors.FileRejected(path, "is a symbolic link; links are never followed")
         if len(entry.data) > max_bytes:
-            raise FileRejected(path, f"is {len(entry.data)} bytes, over the limit of {max_bytes}")
+            raise errors.FileRejected(
+                path, f"is {len(entry.data)} bytes, over the limit of {max_bytes}"
+            )
         return entry.data
 
     def close(self) -> None:
@@ -247,7 +231,7 @@ def _check_sha(commit: str) -> str:
 def _split(path: str) -> list[str]:
     parts = path.split("/")
     if path.startswith("/") or any(p in {"", ".", ".."} or "\0" in p for p in parts):
-        raise FileRejected(path, "is not a relative path inside the repo")
+        raise errors.FileRejected(path, "is not a relative path inside the repo")
     return parts
 
 

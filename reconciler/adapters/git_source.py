@@ -30,6 +30,7 @@ import git
 from reconciler import errors, logs
 from reconciler import text as text_mod
 from reconciler.core.urls import branch_problem, redact, scrub, url_problem
+from reconciler.errors import FileRejected, RemotesFailed
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -67,26 +68,6 @@ class RemoteHead:
     commit: str
     remote: str
     failures: tuple[tuple[str, str], ...] = ()
-
-
-class RemotesFailed(errors.FetchError):
-    """Every remote tried failed; `failures` holds (redacted remote, reason) in order tried.
-
-    The daemon counts `reconciler_fetch_errors_total{remote}` from `failures`.
-    """
-
-    def __init__(self, action: str, failures: Sequence[tuple[str, str]]) -> None:
-        self.failures: tuple[tuple[str, str], ...] = tuple(failures)
-        detail = "; ".join(f"{remote}: {reason}" for remote, reason in self.failures)
-        super().__init__(f"{action}: every remote failed: {detail}")
-
-
-class FileRejected(errors.ProblemsError, errors.RevisionRejected):
-    """A path at a commit is not a readable regular file (symlink, submodule, tree, too big)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__([errors.Problem(file=path, field="", message=reason)])
-        self.path = path
 
 
 @dataclass(frozen=True)

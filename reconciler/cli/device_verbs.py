@@ -140,9 +140,9 @@ def _status(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
 
-    from reconciler.adapters.docker_engine import DockerEngine
+    from reconciler import text
     from reconciler.core import state, status
-    from reconciler.device import daemon, state_store
+    from reconciler.device import control, state_store, wiring
     from reconciler.errors import EngineError
 
     loaded = _status_settings(args)
@@ -154,9 +154,7 @@ def _status(args: argparse.Namespace) -> int:
     except (state.StateError, OSError) as exc:
         print(f"status: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    engine = DockerEngine(
-        base_url=ds.runtime.docker_host, namespace=ds.runtime.namespace, timeout=10
-    )
+    engine = wiring.open_engine(ds, timeout=10)
     observed = volumes = engine_error = None
     try:
         observed = engine.list_managed()
@@ -166,12 +164,12 @@ def _status(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     fetched = None
-    if daemon.running_pid(ds.state_dir) is not None:
+    if control.running_pid(ds.state_dir) is not None:
         from reconciler.device import metrics  # prometheus_client: only when a daemon may answer
 
         seconds = metrics.read_last_fetch(ds.metrics.listen)
         if seconds is not None:
-            fetched = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            fetched = text.utc_time(datetime.fromtimestamp(seconds, UTC))
     doc = status.report(
         saved,
         device=ds.device.name,
@@ -224,7 +222,7 @@ def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | No
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from reconciler.device import daemon
+    from reconciler.device import control
     from reconciler.device.state_store import StateLocked
 
     try:
@@ -233,7 +231,7 @@ def _rollback(args: argparse.Namespace) -> int:
         loaded = load_device_settings(args, "rollback")
         if isinstance(loaded, int):
             return loaded
-        problem = daemon.request_rollback(loaded[1].state_dir)
+        problem = control.request_rollback(loaded[1].state_dir)
         if problem:
             print(f"rollback: {problem}", file=sys.stderr)
             return EXIT_FAILED
@@ -246,12 +244,12 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from reconciler.device import daemon
+    from reconciler.device import control
 
     loaded = load_device_settings(args, "sync")
     if isinstance(loaded, int):
         return loaded
-    problem = daemon.send_sync(loaded[1].state_dir)
+    problem = control.send_sync(loaded[1].state_dir)
     if problem:
         print(f"sync: {problem}", file=sys.stderr)
         return EXIT_FAILED

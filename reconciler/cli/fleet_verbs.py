@@ -174,7 +174,7 @@ def _release(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     root = Path(args.repo)
     from reconciler.core import release
-    from reconciler.fleet import trust_verbs
+    from reconciler.fleet import signing
 
     images = None
     if args.resolve_images:
@@ -189,14 +189,14 @@ def _release(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         for line in image_pins.describe(images):
             print(f"pinned: {line}", file=sys.stderr)
-    previous = trust_verbs.read_if_present(root, release.RELEASE_PATH)
+    previous = signing.read_if_present(root, release.RELEASE_PATH)
     code, data = release_verb.write_release(root, expires_in=expires_in, images=images)
     if code != EXIT_OK or data is None:
         return code
     if args.no_sign:
-        trust_verbs.remove_stale_bundle(root)
+        signing.remove_stale_bundle(root)
         return EXIT_OK
-    code = trust_verbs.sign_written_release(
+    code = signing.sign_written_release(
         root,
         data,
         lab_ca=Path(args.lab_ca) if args.lab_ca else None,
@@ -204,17 +204,17 @@ def _release(args: argparse.Namespace) -> int:
         issuer=args.issuer,
     )
     if code != EXIT_OK:  # nothing half-done: an unsigned new release is not left behind
-        trust_verbs.restore(root, release.RELEASE_PATH, previous)
+        signing.restore(root, release.RELEASE_PATH, previous)
     return code
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from reconciler.fleet import trust_verbs
+    from reconciler.fleet import verify_verb
 
     loaded = load_device_settings(args, "verify")
     if isinstance(loaded, int):
         return loaded
-    return trust_verbs.verify(Path(args.repo), loaded[1].trust)
+    return verify_verb.verify(Path(args.repo), loaded[1].trust)
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -234,6 +234,6 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _lab_ca(args: argparse.Namespace) -> int:
-    from reconciler.fleet import trust_verbs
+    from reconciler.fleet import lab_ca
 
-    return trust_verbs.lab_ca_init(Path(args.directory))
+    return lab_ca.lab_ca_init(Path(args.directory))

@@ -167,7 +167,9 @@ def check_label(spec: model.ContainerSpec) -> str:
         return f"tcp check {_host_port(probe_host(spec, port), port)}"
     if check.kind == "exec":
         return f"exec check {list(check.command)!r}"
-    return "docker HEALTHCHECK"
+    if check.kind == "docker":
+        return "docker HEALTHCHECK"
+    return f"{check.kind} check"
 
 
 def probe_host(spec: model.ContainerSpec, port: int) -> str:

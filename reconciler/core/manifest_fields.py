@@ -13,12 +13,12 @@ import json
 import math
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 from reconciler import model
 from reconciler.core import _checks
 
-_HEALTH_KINDS = ("http", "tcp", "exec", "docker")
+_HEALTH_KINDS: tuple[str, ...] = get_args(model.HealthKind)
 _HEALTH_TIMING = ("interval", "start_period", "failure_threshold")
 # Probe timing bounds (SPEC 2.1 health): field -> (low, high, the range as users read it). More
 # than 10 probes a second is load on a small device, not a faster verdict; past the upper bounds

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -50,6 +50,7 @@ class Converger:
     store: state_store.StateStore
     metrics: Metrics | None = None
     crash_loops: crash_loops.CrashLoops = field(default_factory=crash_loops.CrashLoops)
+    clock: ports.Clock | None = None  # None: the system's (time.monotonic, time.sleep)
     failed_apps: set[str] = field(default_factory=set)  # blocked or failed here this cycle
 
     def converge(
@@ -69,7 +70,7 @@ class Converger:
         applied = {a.name: a for a in current.apps}
         try:
             if guard_rollback:
-                blocked.update(self._rollback_impossible(applied, wanted, blocked))
+                blocked.update(rollback.impossible(self, applied, wanted, blocked))
         except EngineError as exc:
             return CycleOutcome("failed", f"could not prepare the apply: {exc}")
         for app, why in sorted(blocked.items()):
@@ -207,7 +208,10 @@ class Converger:
                 continue
             checked.append(health_rules.Target(d.app, d.spec.name, found.id, d.spec))
         logs.event(_log, logging.INFO, "health.wait", apps=sorted(apps))
-        verdict = health_wait.wait_healthy(self.engine, checked, self.settings.health)
+        monotonic, sleep = self._timing()
+        verdict = health_wait.wait_healthy(
+            self.engine, checked, self.settings.health, clock=monotonic, sleep=sleep
+        )
         failed = {**verdict.failed, **missing}
         level = logging.INFO if not failed else logging.ERROR
         logs.event(
@@ -220,66 +224,22 @@ class Converger:
         )
         return health_rules.Verdict(failed=failed, seconds=verdict.seconds)
 
-    def desired_of(self, wanted: Sequence[targets.Target]) -> list[model.DesiredContainer]:
-        namespace = self.settings.runtime.namespace
-        containers: list[model.DesiredContainer] = []
-        for target in wanted:
-            extra, _values = env_files.of_manifest(target.manifest)
-            containers += desired.containers(
-                target.manifest, images=dict(target.images), namespace=namespace, extra=extra
-            )
-        return containers
-
     def _settled_containers(self) -> list[model.ObservedContainer]:
         """The managed containers, once the engine finished removing any (a run killed during
         a removal leaves the engine to finish it: planning around a container that is about to
         vanish would keep it, then find it missing)."""
-        deadline = time.monotonic() + SETTLE_SECONDS
+        monotonic, sleep = self._timing()
+        deadline = monotonic() + SETTLE_SECONDS
         while True:
             observed = self.engine.list_managed()
-            if time.monotonic() > deadline or all(o.status != "removing" for o in observed):
+            if monotonic() > deadline or all(o.status != "removing" for o in observed):
                 return observed
-            time.sleep(0.1)
+            sleep(0.1)
 
-    def _rollback_impossible(
-        self,
-        applied: Mapping[str, state.AppliedApp],
-        wanted: Sequence[targets.Target],
-        blocked: Mapping[str, str],
-    ) -> dict[str, str]:
-        """Updates not to start: the images the app's current revision runs (what a rollback
-        returns to, with no network) are gone from the engine. The new revision's own images
-        are left out: they are pulled before anything is touched."""
-        refused: dict[str, str] = {}
-        for target in wanted:
-            before = applied.get(target.name)
-            if target.name in blocked or before is None or before == target.applied():
-                continue
-            new_refs = {ref for _container, ref in target.images}
-            missing = sorted(
-                ref
-                for ref in {ref for _c, ref in before.images if ref not in new_refs}
-                if not self._image_local(ref)
-            )
-            if missing:
-                refused[target.name] = (
-                    f"update to revision {target.manifest.revision[:12]} not started: the image(s) "
-                    f"a rollback to revision {before.revision[:12]} needs are not in the engine "
-                    f"({', '.join(missing)}); pull them or make the registry reachable"
-                )
-        return refused
-
-    def _image_local(self, ref: str) -> bool:
-        """Whether `ref` is in the engine, pulling it back when it is not (deleted by hand)."""
-        if self.engine.image_present(ref):
-            return True
-        try:
-            self.engine.pull(ref)
-        except EngineError as exc:
-            logs.event(_log, logging.WARNING, "rollback.image_missing", image=ref, reason=str(exc))
-            return False
-        logs.event(_log, logging.INFO, "rollback.image_restored", image=ref)
-        return True
+    def _timing(self) -> tuple[Callable[[], float], Callable[[float], None]]:
+        if self.clock is None:
+            return time.monotonic, time.sleep
+        return self.clock.monotonic, self.clock.sleep
 
     def _count_drift(
         self, actions: Sequence[model.Action], applied_revisions: Mapping[str, str]

@@ -12,24 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from reconciler import logs, ports, text
+from reconciler import logs, ports
 from reconciler.core import state, targets, transitions, trust
 from reconciler.core.settings import DeviceSettings
-from reconciler.core.urls import redact
-from reconciler.device import converge, intake, rollback, state_store
+from reconciler.device import converge, intake, journal, rollback, state_store
 from reconciler.device.outcome import EXIT_CODES, CycleOutcome, Result
 from reconciler.errors import (
     EngineError,
     FetchError,
-    ReconcilerError,
-    ReleaseError,
     RevisionRejected,
-    VerificationError,
 )
 
 if TYPE_CHECKING:
@@ -53,8 +48,10 @@ class Reconciler:
         store: state_store.StateStore,
         metrics: Metrics | None = None,
         verifier: ports.ReleaseVerifier | None = None,
+        clock: ports.Clock | None = None,
     ) -> None:
-        """`verifier` defaults to the sigstore verifier of `settings.trust`."""
+        """`verifier` defaults to the sigstore verifier of `settings.trust`, `clock` to the
+        system's."""
         self.settings = settings
         self.labels = dict(labels)
         self.git = git
@@ -68,10 +65,11 @@ class Reconciler:
                 trusted_root=settings.trust.trusted_root,
             )
         self.intake = intake.Intake(git, verifier, allow_unsigned=settings.trust.allow_unsigned)
-        self.converger = converge.Converger(settings, engine, store, metrics)
+        self.clock = clock or SystemClock()
+        self.converger = converge.Converger(settings, engine, store, metrics, clock=self.clock)
+        self.journal = journal.Journal(settings, store, metrics)
         self.fetch_failures = 0  # consecutive; the daemon backs off on it
         self.consecutive_failures = 0  # cycles that crashed in a row; backed off like fetches
-        self._crashed = False
         # Kept in memory (and in reconciler_last_fetch_success_timestamp_seconds), not in
         # state_dir: an unchanged poll writes nothing to flash (SPEC 3.2 step 1).
         self.last_fetch: datetime | None = None
@@ -86,11 +84,11 @@ class Reconciler:
     def cycle(self, *, now: datetime | None = None) -> CycleOutcome:
         """Run one cycle; never raises (short of KeyboardInterrupt/SystemExit): fleet, engine
         and disk trouble, and any bug, end as a returned outcome."""
-        started = time.monotonic()
-        outcome = self._guarded("cycle", lambda: self._cycle(now or datetime.now(UTC)))
-        self.consecutive_failures = self.consecutive_failures + 1 if self._crashed else 0
+        started = self.clock.monotonic()
+        outcome = self.journal.guarded("cycle", lambda: self._cycle(now or self.clock.now()))
+        self.consecutive_failures = self.consecutive_failures + 1 if self.journal.crashed else 0
         if self.metrics is not None:
-            self.metrics.record_cycle(outcome.result, time.monotonic() - started)
+            self.metrics.record_cycle(outcome.result, self.clock.monotonic() - started)
             try:
                 final = self.store.load()
             except (state.StateError, OSError):
@@ -107,10 +105,10 @@ class Reconciler:
 
     def roll_back_by_hand(self, *, now: datetime | None = None) -> CycleOutcome:
         """`reconciler rollback`: every app back to the previous good state (see rollback)."""
-        return self._guarded(
+        return self.journal.guarded(
             "rollback",
             lambda: rollback.by_hand(
-                self.converger, self._recover(self.store.load()), now or datetime.now(UTC)
+                self.converger, self._recover(self.store.load()), now or self.clock.now()
             ),
         )
 
@@ -132,18 +130,20 @@ class Reconciler:
             commit, current = self._fetch(current, now)
         except FetchError as exc:
             outcome = self.converger.converge(current, keep_applied(current), now=now)
-            return self._finish(outcome, failed=f"fetch failed, kept the applied state: {exc}")
+            return self.journal.finish(
+                outcome, failed=f"fetch failed, kept the applied state: {exc}"
+            )
         try:
             trusted, content = self._intake(commit, current, now)
             selection = self._select(content, current, now)
         except RevisionRejected as exc:
-            self._record_rejection(exc)
+            self.journal.record_rejection(exc)
             outcome = self.converger.converge(current, keep_applied(current), now=now)
-            return self._finish(
+            return self.journal.finish(
                 outcome, failed=f"release at {commit[:12]} rejected, kept the applied state: {exc}"
             )
         except EngineError as exc:
-            return self._finish(CycleOutcome("failed", f"engine: {exc}"))
+            return self.journal.finish(CycleOutcome("failed", f"engine: {exc}"))
         pinned = {m.name: m.revision for m in content.manifests.values()}
         held = transitions.holds_still_pinned(current, pinned)
         if held != current:
@@ -158,7 +158,7 @@ class Reconciler:
             deselected=selection.deselected,
             guard_rollback=True,
         )
-        return self._finish(outcome)
+        return self.journal.finish(outcome)
 
     def _recover(self, current: state.DeviceState) -> state.DeviceState:
         """A transaction left open by a crash: the engine may be half way. The level-based
@@ -182,11 +182,11 @@ class Reconciler:
         after it."""
         try:
             head = self.git.head()
-            self._count_fetch_errors(head.failures)
+            self.journal.count_fetch_errors(head.failures)
             self.git.ensure(head.commit, head.remote)
         except FetchError as exc:
             self.fetch_failures += 1
-            self._count_fetch_errors(exc.failures)
+            self.journal.count_fetch_errors(exc.failures)
             raise
         self.fetch_failures = 0
         self.last_fetch = now
@@ -241,101 +241,15 @@ class Reconciler:
         }
         return selection
 
-    # -- bookkeeping --------------------------------------------------------------------------
 
-    def _guarded(self, what: str, run: Callable[[], CycleOutcome]) -> CycleOutcome:
-        """`run()`, with anything it raises turned into a failed outcome: logged (a bug with
-        its traceback), saved as `last_error` when `state.json` can be written. A state_dir that
-        cannot be read or written, a bug, an adapter raising what it should not: the daemon
-        lives on and backs off, and the next cycle starts afresh from state_dir and the engine.
-        """
-        self._crashed = False
-        try:
-            return run()
-        except Exception as exc:  # the one place every failure is caught
-            self._crashed = True
-            message = self._describe(exc)
-            # A state_dir that cannot be read or written is a fault of the device, reported
-            # by its message; anything else is a bug, and its traceback is what fixes it.
-            expected = isinstance(exc, (OSError, ReconcilerError))
-            logs.event(
-                _log,
-                logging.ERROR,
-                "cycle.aborted",
-                what=what,
-                error=message,
-                exc_info=None if expected else exc,
-            )
-            outcome = CycleOutcome("failed", f"{what} failed: {message}")
-            logs.event(
-                _log,
-                logging.ERROR,
-                "cycle.done",
-                result="failed",
-                changes=0,
-                message=outcome.message,
-            )
-            self._save_error_if_readable(outcome.message)
-            return outcome
+class SystemClock:
+    """The `ports.Clock` of a real device: UTC wall time, the monotonic clock, real sleeps."""
 
-    def _finish(self, outcome: CycleOutcome, *, failed: str | None = None) -> CycleOutcome:
-        if failed is not None and outcome.result in ("unchanged", "converged"):
-            outcome = CycleOutcome("failed", failed, outcome.actions)
-        level = logging.INFO if outcome.result in ("unchanged", "converged") else logging.ERROR
-        logs.event(
-            _log,
-            level,
-            "cycle.done",
-            result=outcome.result,
-            changes=len(converge.container_changes(outcome.actions)),
-            message=outcome.message,
-        )
-        self._save_error(outcome.message if outcome.result in ("failed", "rolled_back") else None)
-        return outcome
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
-    def _count_fetch_errors(self, failures: tuple[tuple[str, str], ...]) -> None:
-        if self.metrics is not None:
-            for remote, _reason in failures:
-                self.metrics.record_fetch_error(remote)
+    def monotonic(self) -> float:
+        return time.monotonic()
 
-    def _record_rejection(self, exc: RevisionRejected) -> None:
-        reason = exc.reason if isinstance(exc, (VerificationError, ReleaseError)) else "malformed"
-        if self.metrics is not None:
-            self.metrics.record_verification_failure(reason)
-        current = self.store.load()
-        message = str(exc)
-        if current.last_verification_failure != message:
-            self.store.save(replace(current, last_verification_failure=message))
-
-    def _save_error(self, message: str | None) -> None:
-        current = self.store.load()
-        if current.last_error != message:
-            self.store.save(replace(current, last_error=message))
-
-    def _save_error_if_readable(self, message: str) -> None:
-        """Record `message` as `last_error` when state.json can be read and written. An
-        unreadable state.json is never overwritten (it holds the last good state, a person
-        must look), and a full or read-only state_dir cannot take it: the log and
-        `reconciler_cycles_total{result="failed"}` carry it then, and `status` checks
-        state_dir itself."""
-        try:
-            self._save_error(message)
-        except Exception as exc:  # already failing: report and go on
-            logs.event(
-                _log,
-                logging.ERROR,
-                "state.error_not_saved",
-                error=self._describe(exc),
-                detail="last_error could not be recorded in state_dir",
-            )
-
-    def _describe(self, exc: BaseException) -> str:
-        """One bounded line for an exception nobody handled, source credentials redacted."""
-        if isinstance(exc, (ReconcilerError, OSError)):
-            message = str(exc)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
-        for url in (self.settings.source.url, *self.settings.source.mirrors):
-            if redact(url) != url:
-                message = message.replace(url, redact(url))
-        return text.one_line(message)
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)

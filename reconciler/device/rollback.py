@@ -9,15 +9,16 @@ unhealthy too is left as it is for a person, never a loop between two bad states
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from reconciler import logs
-from reconciler.core import state, transitions
+from reconciler import logs, model
+from reconciler.core import desired, state, targets, transitions
+from reconciler.device import env_files
 from reconciler.device.outcome import CycleOutcome
-from reconciler.errors import ProblemsError
+from reconciler.errors import EngineError, ProblemsError
 
 if TYPE_CHECKING:
     from reconciler.device.converge import Converger
@@ -58,7 +59,7 @@ def roll_back(
     back = {t.name for t in previous} & changed
     if back:
         try:
-            wanted = converger.desired_of([t for t in previous if t.name in back])
+            wanted = _desired_of(converger, [t for t in previous if t.name in back])
         except ProblemsError as exc:  # an env_file vanished: the check cannot be built
             wanted = []
             logs.event(_log, logging.ERROR, "rollback.unchecked", reason=str(exc))
@@ -104,3 +105,58 @@ def by_hand(converger: Converger, current: state.DeviceState, now: datetime) -> 
 
 def _save_last_error(converger: Converger, message: str) -> None:
     converger.store.save(replace(converger.store.load(), last_error=message))
+
+
+def impossible(
+    converger: Converger,
+    applied: Mapping[str, state.AppliedApp],
+    wanted: Sequence[targets.Target],
+    blocked: Mapping[str, str],
+) -> dict[str, str]:
+    """Updates not to start: the images the app's current revision runs (what a rollback
+    returns to, with no network) are gone from the engine. The new revision's own images
+    are left out: they are pulled before anything is touched."""
+    refused: dict[str, str] = {}
+    for target in wanted:
+        before = applied.get(target.name)
+        if target.name in blocked or before is None or before == target.applied():
+            continue
+        new_refs = {ref for _container, ref in target.images}
+        missing = sorted(
+            ref
+            for ref in {ref for _c, ref in before.images if ref not in new_refs}
+            if not _image_local(converger, ref)
+        )
+        if missing:
+            refused[target.name] = (
+                f"update to revision {target.manifest.revision[:12]} not started: the image(s) "
+                f"a rollback to revision {before.revision[:12]} needs are not in the engine "
+                f"({', '.join(missing)}); pull them or make the registry reachable"
+            )
+    return refused
+
+
+def _image_local(converger: Converger, ref: str) -> bool:
+    """Whether `ref` is in the engine, pulling it back when it is not (deleted by hand)."""
+    if converger.engine.image_present(ref):
+        return True
+    try:
+        converger.engine.pull(ref)
+    except EngineError as exc:
+        logs.event(_log, logging.WARNING, "rollback.image_missing", image=ref, reason=str(exc))
+        return False
+    logs.event(_log, logging.INFO, "rollback.image_restored", image=ref)
+    return True
+
+
+def _desired_of(
+    converger: Converger, wanted: Sequence[targets.Target]
+) -> list[model.DesiredContainer]:
+    namespace = converger.settings.runtime.namespace
+    containers: list[model.DesiredContainer] = []
+    for target in wanted:
+        extra, _values = env_files.of_manifest(target.manifest)
+        containers += desired.containers(
+            target.manifest, images=dict(target.images), namespace=namespace, extra=extra
+        )
+    return containers

@@ -107,16 +107,11 @@ def open_device(
     device_settings: settings.DeviceSettings, *, metrics: Metrics | None = None
 ) -> Iterator[Device]:
     """Adapters for `device_settings`, closed on exit. The caller holds the state lock."""
-    from reconciler.adapters.docker_engine import DockerEngine
     from reconciler.device.cycle import Reconciler
 
     store = state_store.StateStore(device_settings.state_dir)
     source = open_source(device_settings)
-    engine = DockerEngine(
-        base_url=device_settings.runtime.docker_host,
-        namespace=device_settings.runtime.namespace,
-        pull_stall_timeout=device_settings.runtime.pull_stall_timeout,
-    )
+    engine = open_engine(device_settings)
     try:
         yield Device(
             settings=device_settings,
@@ -154,4 +149,17 @@ def open_source(device_settings: settings.DeviceSettings) -> ports.FleetSource:
         urls=urls,
         branch=device_settings.source.branch,
         timeout=device_settings.source.timeout,
+    )
+
+
+def open_engine(device_settings: settings.DeviceSettings, *, timeout: float = 60.0) -> DockerEngine:
+    """The container engine of `device_settings` (Docker Engine, or Podman's compatible API);
+    `timeout` bounds every API call. The caller closes it."""
+    from reconciler.adapters.docker_engine import DockerEngine
+
+    return DockerEngine(
+        base_url=device_settings.runtime.docker_host,
+        namespace=device_settings.runtime.namespace,
+        timeout=timeout,
+        pull_stall_timeout=device_settings.runtime.pull_stall_timeout,
     )

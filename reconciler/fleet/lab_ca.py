@@ -19,10 +19,12 @@ import hashlib
 import json
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 import rfc8785
 from cryptography import x509
@@ -572,3 +574,19 @@ def _b64(data: bytes) -> str:
 
 def _json_file(document: object) -> bytes:
     return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def lab_ca_init(directory: Path, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`reconciler lab-ca init DIR`: 0, or 1 with the reason on `err`."""
+    try:
+        init(directory)
+    except (ReconcilerError, OSError) as exc:
+        print(f"lab-ca init: {exc}", file=err or sys.stderr)
+        return 1
+    print(
+        f"lab CA in {directory}: devices pin {directory / 'trusted_root.json'} as "
+        "trust.trusted_root; sign with: reconciler release --lab-ca "
+        f"{directory} --identity ID --issuer ISSUER",
+        file=out or sys.stdout,
+    )
+    return 0

@@ -3,7 +3,7 @@
 Shell: builds the release with the pure `release.build` from HEAD's committed files (read through
 `checkout` exactly as devices read them) and writes it; refuses while manifests differ from HEAD
 or anything is unreadable to a device. It never signs: `cli` then calls
-`trust_verbs.sign_written_release`. Returns (exit code, the bytes written).
+`signing.sign_written_release`. Returns (exit code, the bytes written).
 """
 
 from __future__ import annotations

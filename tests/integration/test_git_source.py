@@ -14,7 +14,8 @@ import pytest
 
 from reconciler import errors
 from reconciler.adapters import git_source
-from reconciler.adapters.git_source import FileRejected, GitSource, RemotesFailed
+from reconciler.adapters.git_source import GitSource
+from reconciler.errors import FileRejected, RemotesFailed
 from testkit.fleet_repos import BareFleetRepo, clone_repo, make_repo
 from testkit.git_server import GitDaemon, GitDumbHttpServer, GitHttpServer
 from testkit.loopback import free_port

@@ -110,6 +110,7 @@ def make_device(
     engine = FakeEngine(namespace=NAMESPACE)
     store = StateStore(state_dir)
     gauges = Metrics(remotes=remotes) if metrics else None
+    clock = FakeClock()  # health waits and settling sleep on it: no real time passes
     reconciler = Reconciler(
         settings=loaded,
         labels={"role": "gateway"},
@@ -118,8 +119,9 @@ def make_device(
         store=store,
         metrics=gauges,
         verifier=verifier or FakeVerifier(accept=False, reason="unsigned"),
+        clock=clock,
     )
-    return Device(fleet, engine, store, reconciler, FakeClock(), state_dir, gauges)
+    return Device(fleet, engine, store, reconciler, clock, state_dir, gauges)
 
 
 @pytest.fixture
@@ -473,7 +475,7 @@ def test_an_unhealthy_change_is_rolled_back_and_its_revision_held_back(tmp_path:
             {"health": {"exec": ["check"], "failure_threshold": 1}},
             "exited 1",
         ),
-        # Two more restarts since the wait began: three looks, two 0.25 s polls of real time.
+        # Two more restarts since the wait began: three looks, two 0.25 s polls of the clock.
         (Behaviour(crash_loop=True), {}, "keeps restarting"),
     ],
     ids=["docker-unhealthy", "exits", "exec-fails", "crash-loop"],
@@ -491,6 +493,18 @@ def test_each_kind_of_certain_failure_rolls_back_before_the_timeout(
     assert outcome.result == "rolled_back", outcome.message
     assert reason in outcome.message
     assert device.running() == {"web": V1}
+
+
+def test_the_health_wait_polls_on_the_devices_clock_not_in_real_time(device: Device):
+    device.fleet.release({"web": web(V1)})
+    device.cycle()
+    device.fleet.release({"web": web(V2)})
+    device.engine.behave(V2, Behaviour(crash_loop=True))
+
+    assert device.cycle().result == "rolled_back"
+
+    # The polls between looks slept on the injected clock (a real sleep would leave it empty).
+    assert device.clock.slept
 
 
 def test_a_replacement_that_cannot_be_created_is_reported_as_rolled_back(device: Device):

@@ -8,7 +8,7 @@ import pytest
 
 from reconciler import errors
 from reconciler.core import settings
-from reconciler.device import daemon, wiring
+from reconciler.device import control, daemon, wiring
 
 
 def load(url: str = "/srv/fleet", **extra: str) -> settings.DeviceSettings:
@@ -81,13 +81,13 @@ def test_while_remotes_are_down_the_wait_grows_to_five_intervals():
 
 
 def test_sync_without_a_daemon_says_so(tmp_path: Path):
-    problem = daemon.send_sync(str(tmp_path))
+    problem = control.send_sync(str(tmp_path))
     assert problem is not None and "no daemon is running" in problem
 
 
 def test_sync_with_a_stale_pid_file_says_the_process_is_gone(tmp_path: Path):
-    (tmp_path / daemon.PID_FILE).write_text("999999999\n")
-    problem = daemon.send_sync(str(tmp_path))
+    (tmp_path / control.PID_FILE).write_text("999999999\n")
+    problem = control.send_sync(str(tmp_path))
     assert problem is not None and "is gone" in problem
 
 
@@ -118,11 +118,11 @@ def test_reload_keeps_the_current_settings_whatever_the_new_files_raise(tmp_path
 def test_running_pid_names_a_live_daemon_only(tmp_path: Path):
     import os
 
-    assert daemon.running_pid(str(tmp_path)) is None
-    (tmp_path / daemon.PID_FILE).write_text("999999999\n")
-    assert daemon.running_pid(str(tmp_path)) is None
-    (tmp_path / daemon.PID_FILE).write_text(f"{os.getpid()}\n")
-    assert daemon.running_pid(str(tmp_path)) == os.getpid()
+    assert control.running_pid(str(tmp_path)) is None
+    (tmp_path / control.PID_FILE).write_text("999999999\n")
+    assert control.running_pid(str(tmp_path)) is None
+    (tmp_path / control.PID_FILE).write_text(f"{os.getpid()}\n")
+    assert control.running_pid(str(tmp_path)) == os.getpid()
 
 
 def test_source_kind_picks_the_adapter_with_its_cache_in_state_dir(tmp_path: Path):

@@ -1,7 +1,7 @@
-"""Verbs about signatures: `verify [REPO]`, signing in `release`, and `lab-ca init DIR`.
+"""`reconciler verify [REPO]`: a fleet repo checkout judged as a device would judge its commit.
 
-Shell over `core.trust` (the trusted-release object the device uses too), the sigstore adapters
-and `lab_ca`: reads files of a fleet repo checkout, prints one line per finding, returns the exit
+Shell over `core.trust` (the trusted-release object the device uses too) and the sigstore
+verifier: reads files of a fleet repo checkout, prints one line per finding, returns the exit
 code. `verify` judges a checkout exactly as a device with the same `trust` config judges the
 commit: signature and identity, every pin, then succession over the release HEAD holds (what
 devices may run) and expiry.
@@ -21,7 +21,6 @@ from reconciler.core.settings import TrustConfig
 from reconciler.errors import (
     Problem,
     ProblemsError,
-    ReconcilerError,
     ReleaseError,
     VerificationError,
 )
@@ -183,78 +182,3 @@ def _notes(
 
 def _show(untrusted: str) -> str:
     return text.one_line(untrusted)
-
-
-def sign_written_release(
-    root: Path,
-    data: bytes,
-    *,
-    lab_ca: Path | None,
-    identity: str | None,
-    issuer: str | None,
-    err: TextIO | None = None,
-) -> int:
-    """Sign the release bytes just written and put the bundle beside them; 0 or 1."""
-    from reconciler.fleet import signing
-
-    err = err or sys.stderr
-    try:
-        bundle = signing.sign_release(data, lab_ca=lab_ca, identity=identity, issuer=issuer)
-    except ReconcilerError as exc:
-        print(f"release: signing failed, {release.BUNDLE_PATH} not written: {exc}", file=err)
-        return 1
-    try:
-        checkout.replace_file(root, release.BUNDLE_PATH, bundle)
-    except (OSError, ProblemsError) as exc:
-        print(f"release: cannot write {release.BUNDLE_PATH}: {_show(str(exc))}", file=err)
-        return 1
-    print(f"signed: {release.BUNDLE_PATH}", file=err)
-    return 0
-
-
-def read_if_present(root: Path, rel: str) -> bytes | None:
-    """The work-tree file `rel` as it is before `release` replaces it, to put back if signing
-    fails; None when absent or unusable (a symlink, a FIFO, over the release size limit:
-    `release` refuses the first two, and devices refuse the last)."""
-    try:
-        data = checkout.read_optional(root, rel, limit=release.MAX_BYTES + 1)
-    except ProblemsError:
-        return None
-    return data if data is not None and len(data) <= release.MAX_BYTES else None
-
-
-def restore(root: Path, rel: str, previous: bytes | None) -> None:
-    """Put back what `rel` held before (or remove it if it did not exist or was unusable)."""
-    if previous is None:
-        if checkout.link_problem(root, rel) is None:
-            (root / rel).unlink(missing_ok=True)
-    else:
-        checkout.replace_file(root, rel, previous)
-
-
-def remove_stale_bundle(root: Path, *, err: TextIO | None = None) -> None:
-    """`release --no-sign` rewrote release.json: an old bundle no longer matches it."""
-    stale = root / release.BUNDLE_PATH
-    if checkout.link_problem(root, release.BUNDLE_PATH) is None and stale.is_file():
-        stale.unlink()
-        print(
-            f"release: removed {release.BUNDLE_PATH}: it signed the previous release",
-            file=err or sys.stderr,
-        )
-
-
-def lab_ca_init(directory: Path, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from reconciler.fleet import lab_ca
-
-    try:
-        lab_ca.init(directory)
-    except (ReconcilerError, OSError) as exc:
-        print(f"lab-ca init: {exc}", file=err or sys.stderr)
-        return 1
-    print(
-        f"lab CA in {directory}: devices pin {directory / 'trusted_root.json'} as "
-        "trust.trusted_root; sign with: reconciler release --lab-ca "
-        f"{directory} --identity ID --issuer ISSUER",
-        file=out or sys.stdout,
-    )
-    return 0
