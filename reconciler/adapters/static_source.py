@@ -46,6 +46,7 @@ from reconciler import errors, logs
 from reconciler import text as text_mod
 from reconciler.core import published, release
 from reconciler.core.urls import redact, scrub, static_url_problem, url_problem
+from reconciler.errors import FileRejected, RemotesFailed
 
 DEFAULT_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0  # at most; never more than the total timeout
@@ -63,23 +64,6 @@ class RemoteHead:
     commit: str
     remote: str
     failures: tuple[tuple[str, str], ...] = ()
-
-
-class RemotesFailed(errors.FetchError):
-    """Every mirror tried failed; `failures` holds (redacted mirror, reason) in order tried."""
-
-    def __init__(self, action: str, failures: Sequence[tuple[str, str]]) -> None:
-        self.failures: tuple[tuple[str, str], ...] = tuple(failures)
-        detail = "; ".join(f"{remote}: {reason}" for remote, reason in self.failures)
-        super().__init__(f"{action}: every mirror failed: {detail}")
-
-
-class FileRejected(errors.ProblemsError, errors.RevisionRejected):
-    """A pinned file no mirror serves within its size cap."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__([errors.Problem(file=path, field="", message=reason)])
-        self.path = path
 
 
 # --- one mirror ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.static_source import RemotesFailed, StaticSource
+from reconciler.adapters.static_source import StaticSource
+from reconciler.errors import RemotesFailed
 
 TIMEOUT = 2.0
 SLACK = 8.0  # a loaded 2-core CI machine: generous, only a hang fails

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from reconciler import errors
-from reconciler.adapters.static_source import RemotesFailed, StaticSource
+from reconciler.adapters.static_source import StaticSource
 from reconciler.core import published, release
+from reconciler.errors import RemotesFailed
 
 MANIFEST = b"apiVersion: reconciler/v1\nkind: App\nmetadata: {name: web}\n"
 
