@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 
 # podman with netavark and aardvark-dns: the engine suites run on Podman too; lintian,
 # debhelper (its systemd snippets), man-db and binutils check the Debian package;
-# qemu-user-static and binfmt-support run arm64 build chroots on an amd64 machine.
+# qemu-user-static and binfmt-support run arm64 build chroots on an amd64 machine; nginx-light
+# serves published trees in the static source tests (started by testkit/nginx.py, never as a service).
 apt_packages=(docker.io podman netavark aardvark-dns busybox-static docker-registry iptables git
     ca-certificates debootstrap systemd lintian debhelper man-db binutils qemu-user-static
-    binfmt-support)
+    binfmt-support nginx-light)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

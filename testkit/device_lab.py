@@ -94,6 +94,8 @@ class DeviceLab:
     policy: dict[str, object] = field(default_factory=dict)
     source_url: str | None = None
     mirrors: list[str] = field(default_factory=list)
+    source_kind: str = "git"  # "static": source_url is a published tree (SPEC 2.4)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. SSL_CERT_FILE of a test CA
     metrics_listen: str = ""
     signer: LabSigner | None = None  # None: unsigned releases and trust.allow_unsigned
 
@@ -152,6 +154,7 @@ class DeviceLab:
                 "url": self.source_url or str(self.fleet.root),
                 "mirrors": self.mirrors,
                 "poll_interval": "1h",
+                **({"kind": self.source_kind} if self.source_kind != "git" else {}),
             },
             "trust": self.trust(),
             "runtime": {"docker_host": self.docker_host, "namespace": self.namespace},
@@ -174,7 +177,7 @@ class DeviceLab:
         }
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, **GIT_ENV}
+        env = {**os.environ, **GIT_ENV, **self.extra_env}
         env.pop("DOCKER_HOST", None)  # the config names the engine
         return env
 

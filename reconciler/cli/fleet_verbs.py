@@ -1,5 +1,5 @@
 """The fleet verbs, run on a fleet repo checkout in CI or on a laptop: `validate`, `plan`,
-`release`, `verify`, `lab-ca` (SPEC 3.3).
+`release`, `verify`, `publish`, `lab-ca` (SPEC 3.3).
 
 Each checks its arguments (bad usage: exit 2) and hands over to `fleet/`, which does the work
 and returns the exit code. `release` strings the steps together: pin images, write the release,
@@ -97,6 +97,34 @@ def add_verbs(verbs: Verbs) -> None:
         help="device config (default: $RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
     )
 
+    publish = add_verb(
+        verbs,
+        "publish",
+        help_text="Write the published tree of the signed release committed at HEAD (SPEC 2.4: "
+        "latest.json, releases/, blobs/) for a static host, CDN or USB stick; verified first "
+        "with the config's trust settings. Idempotent; only adds files.",
+        example="reconciler publish ./fleet ./public --config ./device-config.yaml",
+        handler=_publish,
+    )
+    # [REPO] OUT: argparse cannot say "an optional positional before a required one".
+    publish.usage = "reconciler publish [-h] [--config CONFIG] [--allow-unsigned] [REPO] OUT"
+    publish.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[REPO] OUT",
+        help="fleet repo checkout (default .) and the directory to write the tree into",
+    )
+    publish.add_argument(
+        "--config",
+        help="device config whose trust settings verify the release (default: "
+        "$RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
+    )
+    publish.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="publish without checking the signature (labs only; devices still verify)",
+    )
+
     lab_ca = add_verb(
         verbs,
         "lab-ca",
@@ -187,6 +215,22 @@ def _verify(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     return verify_verb.verify(Path(args.repo), loaded[1].trust)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from reconciler.fleet import publish
+
+    if len(args.paths) > 2:
+        print("publish: expected [REPO] OUT, got more paths", file=sys.stderr)
+        return EXIT_CONFIG
+    repo, out = args.paths if len(args.paths) == 2 else (".", args.paths[0])
+    trust_config = None
+    if not args.allow_unsigned:
+        loaded = load_device_settings(args, "publish")
+        if isinstance(loaded, int):
+            return loaded
+        trust_config = loaded[1].trust
+    return publish.publish(Path(repo), Path(out), trust_config)
 
 
 def _lab_ca(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
+SOURCE_KINDS = ("git", "static")  # source.kind: a Git remote, or a tree `publish` wrote
 _MAX_COMMAND_TEXT = 4096  # a health command written as one string
 
 _DOCKER_SCHEMES = ("http", "https", "npipe", "ssh", "tcp", "unix")
@@ -51,15 +52,19 @@ class DeviceConfig:
 class SourceConfig:
     """`source`: where the fleet repo is.
 
-    `url`: required; https/http/ssh/git/file URL, `[user@]host:path` or a local path.
-    `mirrors`: tried in order when `url` fails; default none. `branch`: default `main`.
+    `kind`: `git` (default: a Git remote) or `static` (a tree written by `reconciler publish`).
+    `url`: required; git: https/http/ssh/git/file URL, `[user@]host:path` or a local path;
+    static: https/http base URL, file URL or a local directory.
+    `mirrors`: same kind, tried in order when `url` fails; default none. `branch`: default
+    `main` (git only).
     `poll_interval`: seconds, > 0; default 60. `jitter`: fraction of the interval in [0, 1]
     added at random so a fleet does not poll in step; default 0.1.
-    `timeout`: seconds one Git network call (ref query, fetch) may take before it is killed and
-    the next remote is tried; default 60.
+    `timeout`: seconds one network call (Git: a ref query or fetch; static: one file) may take
+    before it is abandoned and the next remote is tried; default 60.
     """
 
     url: str
+    kind: str = "git"
     mirrors: tuple[str, ...] = ()
     branch: str = "main"
     poll_interval: float = 60.0
@@ -208,6 +213,10 @@ def load(data: bytes, *, file: str, env: Mapping[str, str], hostname: str) -> De
         device["name"] = name
     if "url" not in source:
         r.add("source.url", r.wording.missing)
+    if source.get("kind") == "static":
+        for where, url in (("source.url", source.get("url")), *_mirror_entries(source)):
+            if isinstance(url, str) and (problem := urls.static_url_problem(url)):
+                r.add(where, f'"{_shown(urls.redact(url))}" {problem}')
     if trust.get("identities", ()) == () and trust.get("allow_unsigned") is not True:
         r.add(
             "trust.identities",
@@ -274,6 +283,10 @@ def _git_url_error(url: str) -> str | None:
     goes to logs and systemd, never a credential."""
     problem = urls.url_problem(url)
     return f'"{_shown(urls.redact(url))}" {problem}' if problem else None
+
+
+def _mirror_entries(source: Mapping[str, Any]) -> list[tuple[str, object]]:
+    return [(f"source.mirrors[{i}]", url) for i, url in enumerate(source.get("mirrors", ()))]
 
 
 def _shown(value: str) -> str:
@@ -369,6 +382,7 @@ _SCHEMA: dict[str, dict[str, _checks.Check]] = {
         "labels_dir": _checks.nonblank,
     },
     "source": {
+        "kind": _checks.choice(*SOURCE_KINDS),
         "url": _checks.rule(_checks.nonblank, _git_url_error),
         "mirrors": _checks.list_of(_checks.rule(_checks.nonblank, _git_url_error)),
         "branch": _checks.rule(_checks.nonblank, urls.branch_problem),

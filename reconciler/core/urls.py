@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from reconciler import text
 
-__all__ = ["branch_problem", "redact", "scrub", "url_problem"]
+__all__ = ["branch_problem", "redact", "scrub", "static_url_problem", "url_problem"]
 
 _ALLOWED_SCHEMES = frozenset({"https", "http", "ssh", "git", "file", "git+ssh", "ssh+git"})
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
@@ -82,6 +82,26 @@ def url_problem(url: str) -> str | None:
     transport, sep, _ = url.partition("::")
     if sep and "/" not in transport:
         return f'remote helpers ("{text.one_line(transport, 40)}::") are not allowed'
+    return None
+
+
+def static_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a published tree (`source.kind: static`), or None.
+
+    Accepted: an https or http base URL (no query or fragment: file names are appended to its
+    path), a file URL, or a local directory. Judged after `url_problem`, which it narrows.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        return None  # a local directory; never read as scp-like host:path for a static tree
+    if scheme.lower() not in ("https", "http", "file"):
+        return (
+            f"is a {text.one_line(scheme, 40)} URL; a static tree is an https or http URL, "
+            "a file URL or a local directory"
+        )
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment (file names are appended to its path)"
     return None
 
 

@@ -1,8 +1,9 @@
 """Wiring of the device verbs: settings from disk, then the adapters and the Reconciler on them.
 
-Shell: the only module that knows which concrete adapters the device uses (GitSource,
-DockerEngine, StateStore). `once`, `run` and `status` build what they need here, so each verb
-stays a few lines. Heavy imports (GitPython, docker) happen inside `open_device`, not at import.
+Shell: the only module that knows which concrete adapters the device uses (GitSource or
+StaticSource by `source.kind`, DockerEngine, StateStore). `once`, `run` and `status` build
+what they need here, so each verb stays a few lines. Heavy imports (GitPython, docker,
+urllib3) happen inside `open_device`, not at import.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import errors, text
+from reconciler import errors, ports, text
 from reconciler.core import safe_yaml, settings
 from reconciler.device import state_store
 
 if TYPE_CHECKING:
     from reconciler.adapters.docker_engine import DockerEngine
-    from reconciler.adapters.git_source import GitSource
     from reconciler.device.cycle import Reconciler
     from reconciler.device.metrics import Metrics
 
 GIT_CACHE = "mirror.git"  # the bare cache repo inside state_dir
+STATIC_CACHE = "static"  # releases and blobs of a published tree inside state_dir
 # The limit of every YAML file: safe_yaml refuses a bigger one by name, never truncated.
 MAX_LABEL_FILE_BYTES = safe_yaml.MAX_BYTES
 
@@ -96,7 +97,7 @@ class Device:
 
     settings: settings.DeviceSettings
     store: state_store.StateStore
-    git: GitSource
+    source: ports.FleetSource
     engine: DockerEngine
     reconciler: Reconciler
 
@@ -106,35 +107,49 @@ def open_device(
     device_settings: settings.DeviceSettings, *, metrics: Metrics | None = None
 ) -> Iterator[Device]:
     """Adapters for `device_settings`, closed on exit. The caller holds the state lock."""
-    from reconciler.adapters.git_source import GitSource
     from reconciler.device.cycle import Reconciler
 
     store = state_store.StateStore(device_settings.state_dir)
-    git = GitSource(
-        cache_dir=Path(device_settings.state_dir) / GIT_CACHE,
-        urls=source_urls(device_settings),
-        branch=device_settings.source.branch,
-        timeout=device_settings.source.timeout,
-    )
+    source = open_source(device_settings)
     engine = open_engine(device_settings)
     try:
         yield Device(
             settings=device_settings,
             store=store,
-            git=git,
+            source=source,
             engine=engine,
             reconciler=Reconciler(
                 settings=device_settings,
                 labels=device_settings.labels,
-                git=git,
+                git=source,
                 engine=engine,
                 store=store,
                 metrics=metrics,
             ),
         )
     finally:
-        git.close()
+        source.close()
         engine.close()
+
+
+def open_source(device_settings: settings.DeviceSettings) -> ports.FleetSource:
+    """The fleet source `source.kind` names, its cache inside state_dir."""
+    urls = source_urls(device_settings)
+    state_dir = Path(device_settings.state_dir)
+    if device_settings.source.kind == "static":
+        from reconciler.adapters.static_source import StaticSource
+
+        return StaticSource(
+            cache_dir=state_dir / STATIC_CACHE, urls=urls, timeout=device_settings.source.timeout
+        )
+    from reconciler.adapters.git_source import GitSource
+
+    return GitSource(
+        cache_dir=state_dir / GIT_CACHE,
+        urls=urls,
+        branch=device_settings.source.branch,
+        timeout=device_settings.source.timeout,
+    )
 
 
 def open_engine(device_settings: settings.DeviceSettings, *, timeout: float = 60.0) -> DockerEngine:

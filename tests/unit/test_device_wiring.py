@@ -123,3 +123,27 @@ def test_running_pid_names_a_live_daemon_only(tmp_path: Path):
     assert control.running_pid(str(tmp_path)) is None
     (tmp_path / control.PID_FILE).write_text(f"{os.getpid()}\n")
     assert control.running_pid(str(tmp_path)) == os.getpid()
+
+
+def test_source_kind_picks_the_adapter_with_its_cache_in_state_dir(tmp_path: Path):
+    from reconciler.adapters.git_source import GitSource
+    from reconciler.adapters.static_source import StaticSource
+
+    state = str(tmp_path / "state")
+    git = wiring.open_source(load("/srv/fleet", state_dir=state))
+    static = wiring.open_source(
+        settings.load(
+            f"source: {{kind: static, url: /media/usb/fleet}}\nstate_dir: {state}\n"
+            "trust: {allow_unsigned: true}\n".encode(),
+            file="c.yaml",
+            env={},
+            hostname="dev",
+        )
+    )
+    try:
+        assert isinstance(git, GitSource) and isinstance(static, StaticSource)
+        assert static.remotes == ("/media/usb/fleet",)
+    finally:
+        git.close()
+        static.close()
+    assert not (tmp_path / "state").exists()  # nothing is written before the first poll

@@ -173,9 +173,50 @@ def test_a_top_level_that_is_not_a_mapping_is_the_only_problem():
 
 def test_unknown_key_at_a_nested_level_names_the_expected_keys():
     assert problems(MINIMAL.replace("}", ", pol_interval: 5s}", 1)) == [
-        "source.pol_interval: unknown key; expected one of branch, jitter, mirrors, "
+        "source.pol_interval: unknown key; expected one of branch, jitter, kind, mirrors, "
         "poll_interval, timeout, url"
     ]
+
+
+def test_source_kind_defaults_to_git_and_takes_static():
+    assert load(MINIMAL).source.kind == "git"
+    static = "source: {kind: static, url: https://cdn.example.com/fleet/}\n" + UNSIGNED
+    assert load(static).source.kind == "static"
+
+
+def test_an_unknown_source_kind_is_refused():
+    bad = "source: {kind: svn, url: https://cdn.example.com/fleet/}\n" + UNSIGNED
+    assert problems(bad) == ['source.kind: expected one of git, static, got string "svn"']
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example.com/fleet/",
+        "http://10.0.0.1:8080/tree",
+        "file:///media/usb/tree",
+        "/media/usb/tree",
+        "relative/tree",
+    ],
+)
+def test_a_static_source_takes_http_urls_file_urls_and_directories(url: str):
+    config = f"source: {{kind: static, url: '{url}', mirrors: ['{url}']}}\n" + UNSIGNED
+    assert load(config).source.remotes == (url, url)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ssh://git@example.com/fleet.git", "is a ssh URL"),
+        ("git://example.com/fleet.git", "is a git URL"),
+        ("https://cdn.example.com/fleet/?x=1", "must not have a query"),
+    ],
+)
+def test_a_static_source_refuses_git_only_urls(url: str, why: str):
+    config = f"source: {{kind: static, url: 'https://ok.example.com/', mirrors: ['{url}']}}\n"
+    found = problems(config + UNSIGNED)
+    assert len(found) == 1 and found[0].startswith("source.mirrors[0]: "), found
+    assert why in found[0]
 
 
 def test_unknown_keys_are_rejected_at_every_level():

@@ -102,6 +102,9 @@ def test_the_release_runs_on_main_and_weekly_signs_with_the_workflow_identity_an
     assert "reconciler verify ." in script
     assert "git add .fleet/" in script
     assert "git push origin HEAD:main" in script
+    # The published tree (SPEC 2.4), verified again by `publish`, on the gh-pages branch.
+    assert 'reconciler publish . "$site" --config "$RUNNER_TEMP/device.yaml"' in script
+    assert 'git -C "$site" push origin HEAD:gh-pages' in script
 
 
 def test_the_readme_names_the_identity_and_issuer_the_release_workflow_signs_as():
