@@ -136,6 +136,13 @@ class Reconciler:
         try:
             trusted, content = self._intake(commit, current, now)
             selection = self._select(content, current, now)
+        except FetchError as exc:  # a source that fetches pinned files on demand lost them
+            self.fetch_failures += 1
+            self.journal.count_fetch_errors(exc.failures)
+            outcome = self.converger.converge(current, keep_applied(current), now=now)
+            return self.journal.finish(
+                outcome, failed=f"fetch failed, kept the applied state: {exc}"
+            )
         except RevisionRejected as exc:
             self.journal.record_rejection(exc)
             outcome = self.converger.converge(current, keep_applied(current), now=now)
