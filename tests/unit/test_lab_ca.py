@@ -46,9 +46,15 @@ _NETWORK_EVENTS = frozenset(
 _network_recorders: list[list[tuple[str, tuple[object, ...]]]] = []
 
 
-def _record_network(event: str, args: tuple[object, ...]) -> None:
-    if event in _NETWORK_EVENTS:
-        for recorder in _network_recorders:
+def _record_network(
+    event: str,
+    args: tuple[object, ...],
+    # Bound now: the hook outlives the module's globals, which are cleared at interpreter exit.
+    _events: frozenset[str] = _NETWORK_EVENTS,
+    _recorders: list[list[tuple[str, tuple[object, ...]]]] = _network_recorders,
+) -> None:
+    if event in _events:
+        for recorder in _recorders:
             recorder.append((event, args))
 
 
