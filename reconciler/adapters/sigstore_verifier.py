@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from reconciler.core.settings import TrustConfig
 from reconciler.core.trust import MAX_BUNDLE_BYTES
 from reconciler.errors import VerificationError
 from reconciler.ports import Signer
@@ -34,6 +35,14 @@ CHILD_MODULE = "reconciler.adapters.sigstore_child"
 
 class VerifierDidNotRun(VerificationError):
     """The child could not be started or timed out: refused now, tried again next cycle."""
+
+
+def for_trust(trust: TrustConfig) -> ReleaseVerifier:
+    """The verifier of a `trust` config: its identities and trusted root."""
+    return ReleaseVerifier(
+        identities=[(i.identity, i.issuer) for i in trust.identities],
+        trusted_root=trust.trusted_root,
+    )
 
 
 class ReleaseVerifier:

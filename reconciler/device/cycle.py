@@ -60,10 +60,7 @@ class Reconciler:
         if verifier is None:
             from reconciler.adapters import sigstore_verifier
 
-            verifier = sigstore_verifier.ReleaseVerifier(
-                identities=[(i.identity, i.issuer) for i in settings.trust.identities],
-                trusted_root=settings.trust.trusted_root,
-            )
+            verifier = sigstore_verifier.for_trust(settings.trust)
         self.intake = intake.Intake(git, verifier, allow_unsigned=settings.trust.allow_unsigned)
         self.clock = clock or SystemClock()
         self.converger = converge.Converger(settings, engine, store, metrics, clock=self.clock)

@@ -24,6 +24,7 @@ from reconciler.adapters import checkout
 from reconciler.core import published, release, trust
 from reconciler.core.settings import TrustConfig
 from reconciler.errors import ProblemsError, ReleaseError, VerificationError
+from reconciler.fleet import verify_verb
 from reconciler.fleet.printing import safe
 from reconciler.ports import Signer
 
@@ -72,18 +73,9 @@ def publish(
             file=err,
         )
     else:
-        from reconciler.adapters import sigstore_verifier
-
-        checker = sigstore_verifier.ReleaseVerifier(
-            identities=[(i.identity, i.issuer) for i in trust_config.identities],
-            trusted_root=trust_config.trusted_root,
-        )
-        try:
-            signer = checker.verify(data, bundle, file=release.RELEASE_PATH)
-        except VerificationError as exc:
-            print(f"publish: refused ({safe(exc.reason)}): {safe(str(exc))}", file=err)
+        signer = verify_verb.signer_of("publish", data, bundle, trust_config, out=out, err=err)
+        if signer is None:
             return 1
-        print(f"signed by {safe(signer.identity)} (issuer {safe(signer.issuer)})", file=out)
     try:
         candidate = trust.ReleaseTrust(data, signer=signer)
         files, problems = snapshot.read_many(

@@ -24,6 +24,7 @@ from reconciler.errors import (
     ReleaseError,
     VerificationError,
 )
+from reconciler.ports import Signer
 
 
 def verify(
@@ -80,16 +81,9 @@ def verify(
             file=err,
         )
     else:
-        checker = sigstore_verifier.ReleaseVerifier(
-            identities=[(i.identity, i.issuer) for i in trust_config.identities],
-            trusted_root=trust_config.trusted_root,
-        )
-        try:
-            signer = checker.verify(data, bundle, file=release.RELEASE_PATH)
-        except VerificationError as exc:
-            print(f"verify: refused ({_show(exc.reason)}): {_show(str(exc))}", file=err)
+        signer = signer_of("verify", data, bundle, trust_config, out=out, err=err)
+        if signer is None:
             return 1
-        print(f"signed by {_show(signer.identity)} (issuer {_show(signer.issuer)})", file=out)
     try:
         candidate = trust.ReleaseTrust(data, signer=signer)
     except ProblemsError as exc:
@@ -152,6 +146,28 @@ def _committed_release(
         )
         return None, None
     return committed.version, release.digest(data)
+
+
+def signer_of(
+    verb: str,
+    data: bytes,
+    bundle: bytes | None,
+    trust_config: TrustConfig,
+    *,
+    out: TextIO,
+    err: TextIO,
+) -> Signer | None:
+    """Who signed the release `data`, printed on `out`; None, with the refusal on `err`, when
+    no identity of `trust_config` did."""
+    try:
+        signer = sigstore_verifier.for_trust(trust_config).verify(
+            data, bundle, file=release.RELEASE_PATH
+        )
+    except VerificationError as exc:
+        print(f"{verb}: refused ({_show(exc.reason)}): {_show(str(exc))}", file=err)
+        return None
+    print(f"signed by {_show(signer.identity)} (issuer {_show(signer.issuer)})", file=out)
+    return signer
 
 
 def _read_work_tree(root: Path, rel: str, *, limit: int) -> bytes | None:
