@@ -100,7 +100,10 @@ class GitSource:
         branch: str,
         logger: logging.Logger | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        sole_user: bool = False,
     ) -> None:
+        """`sole_user`: no other process uses `cache_dir` (the caller holds state_dir's lock),
+        so a git lock file found there before a fetch is a leftover of a killed run."""
         if not urls:
             raise ValueError("source: at least one url is needed")
         problem = branch_problem(branch)
@@ -113,6 +116,7 @@ class GitSource:
         self._cache_dir = Path(cache_dir).absolute()
         self._log = logger or logging.getLogger(__name__)
         self._timeout = timeout
+        self._sole_user = sole_user
         self._repo: git.Repo | None = None
 
     @property
@@ -332,8 +336,9 @@ class GitSource:
 
     def _clear_stale_locks(self) -> None:
         # A lock left by a git killed at a timeout or a power cut would block every later fetch.
-        # Any git of ours is killed at the timeout, so a lock older than that is nobody's.
-        limit = time.time() - self._timeout - 5
+        # Any git of ours is killed at the timeout, so a lock older than that is nobody's; with
+        # the cache to ourselves (state_dir locked), every lock is a killed run's.
+        limit = time.time() + 1 if self._sole_user else time.time() - self._timeout - 5
         for lock in (*self._cache_dir.glob("*.lock"), *self._cache_dir.glob("refs/**/*.lock")):
             try:
                 if lock.stat().st_mtime < limit:

@@ -149,6 +149,7 @@ def open_source(device_settings: settings.DeviceSettings) -> ports.FleetSource:
         urls=urls,
         branch=device_settings.source.branch,
         timeout=device_settings.source.timeout,
+        sole_user=True,  # the device verbs hold state_dir's lock while they use it
     )
 
 

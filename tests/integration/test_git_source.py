@@ -57,12 +57,15 @@ def http(srv: Path) -> Iterator[GitHttpServer]:
 def make_source(tmp_path: Path) -> Iterator[MakeSource]:
     made: list[GitSource] = []
 
-    def make(*urls: str, branch: str = "main", timeout: float = 20.0) -> GitSource:
+    def make(
+        *urls: str, branch: str = "main", timeout: float = 20.0, sole_user: bool = False
+    ) -> GitSource:
         source = GitSource(
             cache_dir=str(tmp_path / "state" / "mirror.git"),
             urls=list(urls),
             branch=branch,
             timeout=timeout,
+            sole_user=sole_user,
         )
         made.append(source)
         return source
@@ -196,6 +199,20 @@ def test_a_stale_lock_from_a_power_cut_does_not_block_fetching(
     lock.parent.mkdir(parents=True)
     lock.write_text("")
     os.utime(lock, (time.time() - 60, time.time() - 60))
+    source.ensure(fleet.head(), fleet.file_url)
+    assert source.contains(fleet.head())
+
+
+def test_a_fresh_lock_of_a_killed_run_does_not_block_the_sole_user_of_the_cache(
+    fleet: BareFleetRepo, make_source: MakeSource, tmp_path: Path
+):
+    # `reconciler once` SIGKILLed during a fetch, then run again at once: it holds state_dir's
+    # lock, so the lock file the killed git left is nobody's, however young.
+    source = make_source(fleet.file_url, sole_user=True)
+    source.head()  # creates the cache
+    lock = tmp_path / "state" / "mirror.git" / "refs" / "remotes" / "origin" / "main.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
     source.ensure(fleet.head(), fleet.file_url)
     assert source.contains(fleet.head())
 
