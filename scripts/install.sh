@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 # podman with netavark and aardvark-dns: the engine suites run on Podman too; lintian,
 # debhelper (its systemd snippets), man-db and binutils check the Debian package;
 # qemu-user-static and binfmt-support run arm64 build chroots on an amd64 machine; nginx-light
-# serves published trees in the static source tests (started by testkit/nginx.py, never as a service).
+# serves published trees in the static source tests (started by testkit/nginx.py, never as a service);
+# prometheus and prometheus-pushgateway gather what test devices report for fleet-status (started by
+# testkit/prometheus.py on loopback with their own data dirs, never as services).
 apt_packages=(docker.io podman netavark aardvark-dns busybox-static docker-registry iptables git
     ca-certificates debootstrap systemd lintian debhelper man-db binutils qemu-user-static
-    binfmt-support nginx-light)
+    binfmt-support nginx-light prometheus prometheus-pushgateway)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
