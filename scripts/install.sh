@@ -21,6 +21,13 @@ done
 if ((${#missing[@]})); then
     echo "install: apt packages: ${missing[*]}" >&2
     apt-get update -q >/dev/null
+    # No package may start its service here (prometheus would take :9090, docker.io the
+    # default socket): the test setup runs every server itself, on loopback.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
