@@ -107,9 +107,11 @@ class GitSource:
         logger: logging.Logger | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         sole_user: bool = False,
+        ref_query: bool = True,
     ) -> None:
         """`sole_user`: no other process uses `cache_dir` (the caller holds state_dir's lock),
-        so a git lock file found there before a fetch is a leftover of a killed run."""
+        so a git lock file found there before a fetch is a leftover of a killed run.
+        `ref_query=False` asks every remote with `git ls-remote` (the benchmark's baseline)."""
         if not urls:
             raise ValueError("source: at least one url is needed")
         problem = branch_problem(branch)
@@ -125,11 +127,12 @@ class GitSource:
         self._sole_user = sole_user
         self._repo: git.Repo | None = None
         # In-process head queries, by the url as given; the remotes left out keep ls-remote.
-        tls = _git_tls_context() if any(_queryable(r.given) for r in self._remotes) else None
+        wanted = ref_query and any(_queryable(r.given) for r in self._remotes)
+        tls = _git_tls_context() if wanted else None
         self._queries = {
             r.given: git_refs.HeadQuery(r.given, branch, timeout=timeout, tls=tls)
             for r in self._remotes
-            if _queryable(r.given)
+            if ref_query and _queryable(r.given)
         }
 
     @property
