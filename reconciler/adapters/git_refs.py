@@ -53,7 +53,10 @@ class QueryFailed(Exception):
 
 
 class PktError(QueryFailed):
-    """Bytes that are not the pkt-lines Git's protocol is made of."""
+    """Bytes that are not the pkt-lines Git's protocol is made of (git's words for it too)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"protocol error: {reason}")
 
 
 def supports(url: str) -> bool:

@@ -156,10 +156,12 @@ class Connection:
 
     def describe(self, exc: BaseException) -> str:
         """A transport error as a short reason, credentials scrubbed."""
-        if isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
-            return f"timed out after {self.timeout:g}s"
+        # First: urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError
+        # too, for compatibility; only its cause says what happened.
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
             exc = exc.__cause__ or exc
+        if isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
+            return f"timed out after {self.timeout:g}s"
         return text_mod.one_line(scrub(f"{type(exc).__name__}: {exc}"), 300)
 
     def close(self) -> None:
