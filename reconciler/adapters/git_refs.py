@@ -21,6 +21,7 @@ Not thread-safe: one HeadQuery per thread.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 import socket
@@ -397,11 +398,12 @@ class HeadQuery:
                     caps = _v2_capabilities(reader)
                     sock.sendall(_ls_refs_request(caps, self._ref))
                     found = _find(_v2_refs(reader), self._ref.encode())
-                    sock.sendall(FLUSH)  # the end of the session
-                    return found
-                reader.unread(first)
-                found = _find(_v0_refs(reader), self._ref.encode())
-                sock.sendall(FLUSH)  # v0: "I want nothing"
+                else:
+                    reader.unread(first)
+                    found = _find(_v0_refs(reader), self._ref.encode())
+                # The end of the session (v0: "I want nothing"); the answer is in already.
+                with contextlib.suppress(OSError):
+                    sock.sendall(FLUSH)
                 return found
         except TimeoutError:
             raise QueryFailed(f"timed out after {self._timeout:g}s") from None

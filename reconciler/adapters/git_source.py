@@ -145,6 +145,9 @@ class GitSource:
         call restarts them."""
         for query in self._queries.values():
             query.close()
+        self._close_repo()
+
+    def _close_repo(self) -> None:
         if self._repo is not None:
             self._repo.close()
             self._repo = None
@@ -202,7 +205,7 @@ class GitSource:
             if reason is None:
                 reason = f"branch {self._branch} no longer points at {sha} (moved since the query)"
             failures.append((candidate.name, reason))
-        self.close()  # the next call re-runs `git init`: repairs a cache deleted under us
+        self._close_repo()  # the next call re-runs `git init`: repairs a cache deleted under us
         raise RemotesFailed(f"fetch {sha} of branch {self._branch}", failures)
 
     def contains(self, commit: str) -> bool:
@@ -299,7 +302,7 @@ class GitSource:
 
     def _cache_error(self, exc: Exception) -> errors.FetchError:
         # The cat-file helper may be dead or the cache damaged: start afresh on the next call.
-        self.close()
+        self._close_repo()
         return errors.FetchError(f"cannot read the cache {self._cache_dir}: {scrub(str(exc))}")
 
     # --- plumbing --------------------------------------------------------------------------
