@@ -384,7 +384,9 @@ def _queryable(url: str) -> bool:
     scheme = url.partition("://")[0].lower()
     if scheme == "git":
         return not os.environ.get("GIT_PROXY_COMMAND")
-    if os.environ.get("GIT_SSL_NO_VERIFY") or os.environ.get("GIT_SSL_CERT"):
+    # GIT_SSL_CAINFO is honoured (`_git_tls_context`); any other TLS setting (no verify, a
+    # client certificate, a CA directory) only git applies.
+    if any(key.startswith("GIT_SSL_") and key != "GIT_SSL_CAINFO" for key in os.environ):
         return False
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get(scheme) or proxies.get("all")):

@@ -225,6 +225,21 @@ def test_a_proxy_git_would_use_keeps_ls_remote(
     source.close()
 
 
+def test_a_tls_setting_only_git_knows_keeps_ls_remote(
+    fleet: BareFleetRepo, front: Nginx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """GIT_SSL_NO_VERIFY (a lab's shortcut) is git's to apply: the poll goes through git, which
+    accepts the certificate the in-process query (trusting only the system store) refuses."""
+    url = f"{front.https_url}git/fleet.git"
+    monkeypatch.delenv("GIT_SSL_CAINFO", raising=False)
+    monkeypatch.setenv("GIT_SSL_NO_VERIFY", "1")
+    source = GitSource(cache_dir=tmp_path / "cache", urls=[url], branch="main")
+    assert source.head().commit == fleet.head()
+    source.close()
+    with pytest.raises(QueryFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        HeadQuery(url, "main").head()
+
+
 # --- failures: the reason, never a credential ---------------------------------------------------
 
 
