@@ -39,7 +39,8 @@ MAX_PKT = 65520  # Git's LARGE_PACKET_MAX: the longest pkt-line, its 4 length di
 MAX_LS_REFS = 1024 * 1024  # a v2 answer: the refs under refs/heads/<branch> only
 MAX_ADVERTISEMENT = 16 * 1024 * 1024  # a v0 answer or a dumb info/refs: every ref of the repo
 GIT_PORT = 9418
-_USER_AGENT = "reconciler-git-refs"
+# Git hosts (GitHub among them) answer the smart protocol only to agents named "git/...".
+_USER_AGENT = "git/reconciler"
 _OID = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _ADVERTISEMENT = "application/x-git-upload-pack-advertisement"
 _RESULT = "application/x-git-upload-pack-result"
@@ -346,7 +347,10 @@ class HeadQuery:
     ) -> tuple[str, bytes]:
         """(content type, body) of a 200 answer; any other answer is a QueryFailed."""
         headers = {"Git-Protocol": "version=2"}
-        if body is not None:
+        if body is None:  # as git does: a cache between us and the server must not answer
+            headers["Pragma"] = "no-cache"
+            headers["Cache-Control"] = "no-cache"
+        else:
             headers["Content-Type"] = "application/x-git-upload-pack-request"
             headers["Accept"] = _RESULT
         try:
