@@ -175,6 +175,23 @@ def test_a_moved_head_is_seen_on_the_kept_connection(fleet: BareFleetRepo, front
     query.close()
 
 
+def test_a_server_restart_or_outage_is_survived_on_the_next_poll(
+    fleet: BareFleetRepo, front: Nginx, tls: TestCA
+):
+    url = f"{front.https_url}git/fleet.git"
+    query = HeadQuery(url, "main", timeout=TIMEOUT * 5, tls=_trusting(tls))
+    assert query.head() == fleet.head()
+    front.stop()
+    front.start()  # the kept connection is dead now: one fresh attempt, no failure
+    assert query.head() == fleet.head()
+    front.stop()
+    with pytest.raises(QueryFailed, match="Connection refused"):
+        query.head()
+    front.start()
+    assert query.head() == fleet.head()  # probes again (the server may have changed)
+    query.close()
+
+
 def test_gitsource_reports_a_missing_branch_as_with_ls_remote(
     fleet: BareFleetRepo, http: GitHttpServer, daemon: GitDaemon, tmp_path: Path
 ):
