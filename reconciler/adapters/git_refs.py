@@ -15,7 +15,8 @@ Owns the pkt-line codec (`PktReader`, `pkt`) and the parsing of the three listin
 Must not: follow a redirect (the remote is the one configured; the reason names the target), read
 past a size cap or the deadline (every answer is capped, every query bounded by `timeout`: a
 stalling or endless server fails the query), fork a process, sleep or retry (the caller backs
-off), log, or let a credential in the URL reach a message (reasons name the remote redacted).
+off; `http_conn` alone makes one fresh attempt when a kept connection was closed while idle),
+log, or let a credential in the URL reach a message (reasons name the remote redacted).
 Not thread-safe: one HeadQuery per thread.
 """
 
@@ -390,7 +391,7 @@ class HeadQuery:
             with socket.create_connection(
                 (self._host, port), timeout=min(http_conn.CONNECT_TIMEOUT, self._timeout)
             ) as sock:
-                read = _bounded_reader(sock, deadline, MAX_ADVERTISEMENT, self._timeout)
+                read = _bounded_reader(sock, deadline, MAX_ADVERTISEMENT)
                 host = self._host if self._port is None else f"{self._host}:{port}"
                 hello = f"git-upload-pack {unquote(self._path)}\0host={host}\0\0version=2\0"
                 sock.sendall(pkt(hello))
@@ -417,9 +418,7 @@ class HeadQuery:
             ) from None
 
 
-def _bounded_reader(
-    sock: socket.socket, deadline: float, cap: int, timeout: float
-) -> Callable[[int], bytes]:
+def _bounded_reader(sock: socket.socket, deadline: float, cap: int) -> Callable[[int], bytes]:
     """`read(n)` on `sock` that waits at most until `deadline` and reads `cap` bytes in all."""
     total = 0
 
