@@ -1,0 +1,226 @@
+"""`fleet-status` and `rollout gate` against a real Prometheus (Debian's, on loopback, scraping
+every second) and a real Pushgateway.
+
+The devices here are loopback HTTP servers serving, with prometheus_client, exactly the SPEC 3.4
+series a device reports for the fleet view (`testkit.prometheus.DeviceExporter`): the real
+daemons' metrics endpoints take their place in the end-to-end rollout scenario, which comes with
+the device side of these metrics. What is real here: Prometheus' scraping, staleness and query
+API, the Pushgateway's grouping, the HTTP client, the release read from a Git checkout, and the
+console script's exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testkit.cli import run_console_script
+from testkit.fleet_repos import FleetRepo
+from testkit.prometheus import DeviceExporter, Prometheus, PrometheusUnavailable, Pushgateway
+
+OLD = "0" * 64
+INVENTORY = """\
+devices:
+  - {name: gw-01, labels: {role: gateway}}
+  - {name: gw-02, labels: {role: gateway}}
+  - {name: gw-03, labels: {role: gateway}}
+  - {name: gw-04, labels: {role: gateway}}
+  - {name: gw-05, labels: {role: gateway}}
+  - {name: gw-06, labels: {role: gateway}}
+  - {name: kiosk-01, labels: {role: kiosk}}
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> tuple[FleetRepo, str]:
+    """A fleet repo with gw (every gateway) and kiosk, released unsigned; (repo, gw revision)."""
+    repo = FleetRepo(tmp_path / "fleet")
+    repo.app("gw", selector="{matchLabels: {role: gateway}}")
+    repo.app("kiosk", selector="{matchLabels: {role: kiosk}}")
+    repo.write("devices/inventory.yaml", INVENTORY)
+    repo.commit("apps")
+    result = run_console_script("release", "--no-sign", cwd=repo.root)
+    assert result.code == 0, result.err
+    repo.commit("release 1")
+    doc = json.loads(repo.read(".fleet/release.json"))
+    return repo, doc["apps"]["apps/gw/app.yaml"]["sha256"]
+
+
+@pytest.fixture
+def exporters() -> Iterator[list[DeviceExporter]]:
+    started: list[DeviceExporter] = []
+    yield started
+    for exporter in started:
+        exporter.stop()
+
+
+def start_prometheus(tmp_path: Path, jobs: list[dict]) -> Prometheus:
+    try:
+        return Prometheus(tmp_path / "prometheus", jobs).__enter__()
+    except PrometheusUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def test_fleet_status_and_the_gate_read_what_a_real_prometheus_scraped(tmp_path, fleet, exporters):
+    repo, new = fleet
+    now = time.time()
+    devices = [
+        DeviceExporter("gw-01", [("gw", new, "running")], last_fetch=now),
+        DeviceExporter("gw-02", [("gw", OLD, "running"), ("gw", new, "held_back")], last_fetch=now),
+        DeviceExporter(
+            "gw-03", [("gw", OLD, "running"), ("gw", new, "pending")], last_fetch=now, hold=True
+        ),
+        DeviceExporter("gw-04", [("gw", OLD, "paused")], last_fetch=now),
+        # Reports, but its last successful fetch is an hour old: stale.
+        DeviceExporter("gw-05", [("gw", new, "running")], last_fetch=now - 3600),
+        DeviceExporter("kiosk-01", [("kiosk", "k" * 64, "running")], last_fetch=now),
+    ]
+    exporters += [d.serve() for d in devices]
+    prometheus = start_prometheus(
+        tmp_path, [{"job_name": "devices", "targets": [d.target for d in devices]}]
+    )
+    try:
+        prometheus.wait_for("count(reconciler_app_info)", lambda r: r and r[0]["value"][1] == "8")
+        status = run_console_script(
+            "fleet-status",
+            "--prometheus",
+            prometheus.url,
+            "--inventory",
+            "devices/inventory.yaml",
+            "--json",
+            cwd=repo.root,
+        )
+        assert status.code == 0, status.err
+        report = json.loads(status.out)
+        gw = next(app for app in report["apps"] if app["name"] == "gw")
+        assert gw["revision"] == new
+        assert gw["counts"] == {
+            "targeted": 6,
+            "applied": 2,
+            "pending": 1,
+            "paused": 1,
+            "failed": 1,
+            "older": 0,
+            "missing": 0,
+            "never_seen": 1,
+            "stale": 1,
+        }
+        assert gw["pending_reasons"] == {"hold": 1}
+        assert (gw["tried"], gw["failed"]) == (3, 1)
+        by_device = {row["device"]: row for row in gw["devices"]}
+        assert by_device["gw-02"]["state"] == "failed"
+        assert by_device["gw-06"]["state"] == "never_seen"
+        assert by_device["gw-05"]["stale"] is True
+        assert report["never_seen"] == ["gw-06"]
+
+        text = run_console_script(
+            "fleet-status", "--prometheus", prometheus.url, "--max-failures", "0", cwd=repo.root
+        )
+        assert text.code == 4, text.err
+        assert (
+            "gw: revision " + new[:12] + " failed on 1 of 3 device(s) that tried it (33%), OVER"
+            in text.out
+        )
+        markdown = run_console_script(
+            "fleet-status",
+            "--prometheus",
+            prometheus.url,
+            "--format",
+            "markdown",
+            "--max-failures",
+            "50%",
+            cwd=repo.root,
+        )
+        assert markdown.code == 0, markdown.err
+        assert "| app | revision | rollout |" in markdown.out
+        assert f"| gw | `{new[:12]}` | no waves (100%) |" in markdown.out
+
+        # The gate: within 50% nothing changes; over 0 failures gw is paused, once.
+        args = ("rollout", "gate", "--prometheus", prometheus.url)
+        assert run_console_script(*args, "--max-failures", "50%", cwd=repo.root).code == 0
+        assert not (repo.root / ".fleet/rollout.yaml").exists()
+        gate = run_console_script(*args, "--max-failures", "0", cwd=repo.root)
+        assert gate.code == 10, gate.out + gate.err
+        assert "gw: failed on 1 of 3 device(s) that tried" in gate.out
+        assert b"  gw: {paused: true}\n" in repo.read(".fleet/rollout.yaml")
+        again = run_console_script(*args, "--max-failures", "0", cwd=repo.root)
+        assert again.code == 0, again.out + again.err
+        assert "already paused" in again.out
+        # As the scheduled workflow does: commit the file, release; the pause is signed state.
+        repo.commit("rollout gate: pause gw")
+        assert run_console_script("release", "--no-sign", cwd=repo.root).code == 0
+        assert json.loads(repo.read(".fleet/release.json"))["apps"]["apps/gw/app.yaml"]["paused"]
+
+        # A device that stops answering is stale (known from the look-back range), not forgotten.
+        devices[0].stop()
+        prometheus.wait_for('reconciler_device_info{device="gw-01"}', lambda r: not r)
+        gone = run_console_script(
+            "fleet-status", "--prometheus", prometheus.url, "--json", cwd=repo.root
+        )
+        report = json.loads(gone.out)
+        assert {d["device"]: d["reporting"] for d in report["devices"]}["gw-01"] is False
+        assert "gw-01" in [d["device"] for d in report["devices"] if d["stale"]]
+    finally:
+        prometheus.stop()
+
+
+def test_fleet_status_reads_devices_that_push_to_a_pushgateway(tmp_path, fleet):
+    repo, new = fleet
+    try:
+        gateway = Pushgateway(tmp_path / "pushgateway").__enter__()
+    except PrometheusUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        now = time.time()
+        DeviceExporter("gw-01", [("gw", new, "running")], last_fetch=now).push(gateway)
+        DeviceExporter("gw-02", [("gw", new, "failed")], last_fetch=now).push(gateway)
+        DeviceExporter(
+            "gw-03", [("gw", OLD, "running"), ("gw", new, "pending")], last_fetch=now
+        ).push(gateway)
+        prometheus = start_prometheus(
+            tmp_path,
+            [{"job_name": "pushgateway", "targets": [gateway.target], "honor_labels": True}],
+        )
+        try:
+            prometheus.wait_for(
+                "count(reconciler_app_info)", lambda r: r and r[0]["value"][1] == "4"
+            )
+            status = run_console_script(
+                "fleet-status",
+                "--prometheus",
+                prometheus.url,
+                "--json",
+                "--max-failures",
+                "0",
+                cwd=repo.root,
+            )
+            assert status.code == 4, status.err
+            gw = next(app for app in json.loads(status.out)["apps"] if app["name"] == "gw")
+            assert {row["device"]: row["state"] for row in gw["devices"]} == {
+                "gw-01": "applied",
+                "gw-02": "failed",
+                "gw-03": "pending",
+            }
+            assert gw["counts"]["stale"] == 0
+        finally:
+            prometheus.stop()
+    finally:
+        gateway.stop()
+
+
+def test_an_unreachable_prometheus_is_an_error_not_a_green_status(fleet):
+    repo, _ = fleet
+    from testkit.loopback import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    status = run_console_script("fleet-status", "--prometheus", url, cwd=repo.root)
+    assert status.code == 1
+    assert "cannot query Prometheus" in status.err
+    gate = run_console_script(
+        "rollout", "gate", "--prometheus", url, "--max-failures", "0", cwd=repo.root
+    )
+    assert gate.code == 1
