@@ -12,14 +12,19 @@ console script's exit codes.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testkit.cli import run_console_script
 from testkit.fleet_repos import FleetRepo
+from testkit.loopback import free_port
 from testkit.prometheus import DeviceExporter, Prometheus, PrometheusUnavailable, Pushgateway
 
 OLD = "0" * 64
@@ -214,8 +219,6 @@ def test_fleet_status_reads_devices_that_push_to_a_pushgateway(tmp_path, fleet):
 
 def test_an_unreachable_prometheus_is_an_error_not_a_green_status(fleet):
     repo, _ = fleet
-    from testkit.loopback import free_port
-
     url = f"http://127.0.0.1:{free_port()}"
     status = run_console_script("fleet-status", "--prometheus", url, cwd=repo.root)
     assert status.code == 1
@@ -224,3 +227,96 @@ def test_an_unreachable_prometheus_is_an_error_not_a_green_status(fleet):
         "rollout", "gate", "--prometheus", url, "--max-failures", "0", cwd=repo.root
     )
     assert gate.code == 1
+
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "fleet-repo-template"
+
+
+def test_the_templates_gate_workflow_steps_pause_and_sign_as_ci_would_run_them(
+    tmp_path, fleet, exporters
+):
+    """The `run:` steps of rollout-gate.yml's gate job, run with bash as GitHub's runner runs
+    them (same shell flags, GITHUB_* files), against a real Prometheus and a bare `origin`.
+    Two stand-ins, for what cannot run here: `gh` is a script recording the commit status it
+    would set (GitHub's API), and the called release.yml signs with GitHub's OIDC identity, so
+    the test runs its `reconciler release` step unsigned."""
+    repo, new = fleet
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    repo.git("remote", "add", "origin", str(origin))
+    repo.git("push", "-q", "origin", "HEAD:main")
+    now = time.time()
+    devices = [
+        DeviceExporter("gw-01", [("gw", OLD, "running"), ("gw", new, "held_back")], last_fetch=now),
+        DeviceExporter("gw-02", [("gw", new, "running")], last_fetch=now),
+    ]
+    exporters += [d.serve() for d in devices]
+    prometheus = start_prometheus(
+        tmp_path, [{"job_name": "devices", "targets": [d.target for d in devices]}]
+    )
+    try:
+        prometheus.wait_for("count(reconciler_app_info)", lambda r: r and r[0]["value"][1] == "3")
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        gh_calls = tmp_path / "gh-calls"
+        (bin_dir / "gh").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {gh_calls}\n')
+        (bin_dir / "gh").chmod(0o755)
+        summary, output = tmp_path / "summary.md", tmp_path / "output"
+        workflow = yaml.safe_load((TEMPLATE / ".github/workflows/rollout-gate.yml").read_text())
+        job = workflow["jobs"]["gate"]
+        venv_bin = Path(os.environ.get("VIRTUAL_ENV", Path(sys.executable).parent.parent)) / "bin"
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{venv_bin}:{os.environ['PATH']}",
+            "PROMETHEUS_URL": prometheus.url,
+            "MAX_FAILURES": "0",
+            "POLL_INTERVAL": "60s",
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "GITHUB_OUTPUT": str(output),
+            "GITHUB_REPOSITORY": "org/fleet",
+            "GH_TOKEN": "unused",
+            "RUN_URL": "https://github.com/org/fleet/actions/runs/1",
+            "HOME": str(tmp_path),
+            "GIT_CONFIG_GLOBAL": os.devnull,
+        }
+        for step in job["steps"]:
+            if "run" not in step:
+                continue  # actions/checkout and setup-reconciler: the fixture's checkout and venv
+            gated = step.get("if") == "steps.gate.outputs.changed == 'true'"
+            if gated and "changed=true" not in output.read_text():
+                continue
+            ran = subprocess.run(
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+                cwd=repo.root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert ran.returncode == 0, f"{step['name']}: {ran.stdout}{ran.stderr}"
+        release_commit = repo.git("log", "-1", "--format=%H", "--", ".fleet/release.json").strip()
+        (call,) = gh_calls.read_text().splitlines()
+        assert f"api repos/org/fleet/statuses/{release_commit}" in call
+        assert "state=failure" in call and "context=reconciler/fleet-status" in call
+        assert "## Fleet status" in summary.read_text()
+        assert "### The gate paused" in summary.read_text()
+        assert "changed=true" in output.read_text()
+        pushed = subprocess.run(
+            ["git", "-C", str(origin), "show", "main:.fleet/rollout.yaml"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "  gw: {paused: true}\n" in pushed
+        # The called release.yml: validate, then release (signed there; unsigned here).
+        release_steps = yaml.safe_load((TEMPLATE / ".github/workflows/release.yml").read_text())
+        scripts = [s["run"] for s in release_steps["jobs"]["release"]["steps"] if "run" in s]
+        assert scripts[0] == "reconciler validate ."
+        assert scripts[1].startswith("reconciler release . ")
+        assert run_console_script("validate", ".", cwd=repo.root).code == 0
+        assert run_console_script("release", ".", "--no-sign", cwd=repo.root).code == 0
+        pins = json.loads(repo.read(".fleet/release.json"))["apps"]
+        assert pins["apps/gw/app.yaml"]["paused"] is True
+    finally:
+        prometheus.stop()
