@@ -279,6 +279,13 @@ def add_rollout_verbs(verbs: Verbs) -> None:
         description="Edit .fleet/rollout.yaml in a fleet repo checkout (SPEC 2.3). Comments and "
         "other entries are kept; commit the file, then run reconciler release.",
     )
+
+    # `reconciler rollout` alone: its own help (the actions), as bad usage.
+    def rollout_usage(_args: argparse.Namespace) -> int:
+        rollout.print_help()
+        return EXIT_CONFIG
+
+    rollout.set_defaults(handler=rollout_usage)
     actions = rollout.add_subparsers(title="actions", metavar="ACTION")
     for action, text in (
         ("pause", "devices not yet on the newest revision keep what they run"),

@@ -122,3 +122,25 @@ def test_an_invalid_file_is_not_edited(fleet, run_cli):
     assert result.code == 1
     assert ".fleet/rollout.yaml: apps.web.paused: expected true" in result.err
     assert fleet.read(CONTROL) == b"apps:\n  web: {paused: maybe}\n"
+
+
+def test_rollout_alone_shows_its_actions_as_bad_usage(run_cli):
+    result = run_cli("rollout")
+    assert result.code == 2
+    assert "pause" in result.out and "gate" in result.out
+
+
+def test_bad_prometheus_options_are_bad_usage_before_any_query(fleet, run_cli):
+    setup(fleet)
+    url = ("--prometheus", "http://127.0.0.1:1")
+    for extra, words in (
+        (("--max-failures", "ten"), "expected a device count N or a percent P%"),
+        (("--max-failures", "150%"), "a percent must be 0..100"),
+        (("--max-failures", "1", "--poll-interval", "soon"), "fleet-status"),
+        (("--max-failures", "1", "--lookback", "1 day"), "--lookback"),
+    ):
+        result = run_cli("fleet-status", str(fleet.root), *url, *extra)
+        assert result.code == 2, extra
+        assert words in result.err, (extra, result.err)
+    gate = run_cli("rollout", "gate", str(fleet.root), *url)
+    assert gate.code == 2  # --max-failures is required

@@ -320,3 +320,86 @@ def test_the_templates_gate_workflow_steps_pause_and_sign_as_ci_would_run_them(
         assert pins["apps/gw/app.yaml"]["paused"] is True
     finally:
         prometheus.stop()
+
+
+class _Answer:
+    """A loopback HTTP server answering every request with one canned response, recording the
+    requests: for what a real Prometheus never does (a proxy's HTML page, a malformed answer)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        import http.server
+        import threading
+
+        answer = self
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                answer.requests.append((self.path, headers, self.rfile.read(length)))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "words"),
+    [
+        (200, b"<html>login</html>", "HTTP 200, not a Prometheus API answer"),
+        (400, b'{"status":"error","error":"parse error at char 3"}', "HTTP 400: parse error"),
+        (200, b'{"status":"success","data":{"resultType":"matrix","result":[]}}', "instant vector"),
+        (
+            200,
+            b'{"status":"success","data":{"resultType":"vector","result":[{"x":1}]}}',
+            "malformed",
+        ),
+    ],
+)
+def test_the_prometheus_client_names_what_went_wrong(status, body, words):
+    from reconciler.adapters import prometheus_query
+
+    server = _Answer(status, body)
+    try:
+        client = prometheus_query.Prometheus(f"http://127.0.0.1:{server.port}")
+        with pytest.raises(prometheus_query.PrometheusError, match=words):
+            client.query("up")
+    finally:
+        server.close()
+
+
+def test_the_prometheus_client_sends_url_credentials_as_basic_auth_and_never_shows_them():
+    import base64
+
+    from reconciler.adapters import prometheus_query
+
+    body = json.dumps(
+        {
+            "status": "success",
+            "data": {"resultType": "vector", "result": [{"metric": {"a": "b"}, "value": [1, "2"]}]},
+        }
+    ).encode()
+    server = _Answer(200, body)
+    try:
+        client = prometheus_query.Prometheus(f"http://ops:s3cret@127.0.0.1:{server.port}/prom/")
+        (series,) = client.query("up", at=1700000000.0)
+        assert (dict(series.labels), series.value) == ({"a": "b"}, 2.0)
+        ((path, headers, form),) = server.requests
+        assert path == "/prom/api/v1/query"
+        assert headers["authorization"] == "Basic " + base64.b64encode(b"ops:s3cret").decode()
+        assert form == b"query=up&time=1700000000.000"
+        assert "s3cret" not in client.shown
+    finally:
+        server.close()
