@@ -74,6 +74,12 @@ def gather(
     except prometheus_query.PrometheusError as exc:
         print(f"cannot query Prometheus: {safe(str(exc))}", file=err)
         return None
+    if not results["device_info_seen"]:
+        print(
+            f"warning: {client.shown} has no reconciler_device_info series: is it scraping the "
+            "devices' metrics.listen, or their Pushgateway (with honor_labels: true)?",
+            file=err,
+        )
     return fleet_status.compute(
         current=last,
         manifests=manifests,
@@ -255,7 +261,7 @@ def print_markdown(status: FleetStatus, *, now: datetime, out: TextIO) -> None:
     if status.never_seen:
         print(f"- never seen: {_md(', '.join(status.never_seen[:50]))}", file=out)
     print(file=out)
-    print(f"<sub>{_md(LEGEND)}</sub>".replace("&lt;sub>", "<sub>"), file=out)
+    print(f"<sub>{_md(LEGEND)}</sub>", file=out)
 
 
 def as_json(status: FleetStatus, *, now: datetime, poll_interval: float) -> dict[str, Any]:

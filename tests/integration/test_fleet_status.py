@@ -403,3 +403,15 @@ def test_the_prometheus_client_sends_url_credentials_as_basic_auth_and_never_sho
         assert "s3cret" not in client.shown
     finally:
         server.close()
+
+
+def test_a_prometheus_that_scrapes_no_device_gets_a_warning(tmp_path, fleet):
+    repo, _ = fleet
+    prometheus = start_prometheus(tmp_path, [{"job_name": "nothing", "targets": []}])
+    try:
+        status = run_console_script("fleet-status", "--prometheus", prometheus.url, cwd=repo.root)
+        assert status.code == 0, status.err
+        assert "has no reconciler_device_info series" in status.err
+        assert "devices: 0 known to Prometheus" in status.out
+    finally:
+        prometheus.stop()
