@@ -114,3 +114,23 @@ def test_resuming_drops_the_entry_from_the_next_release(fleet):
     fleet.commit("resume web")
     assert release(fleet)[0] == 0
     assert "paused" not in entries(fleet)[WEB]
+
+
+def test_a_committed_symlink_or_oversized_file_is_refused_as_devices_would(fleet, run_cli):
+    two_revisions_of_gw(fleet)
+    (fleet.root / ".fleet").mkdir(exist_ok=True)
+    (fleet.root / CONTROL).symlink_to("/etc/passwd")
+    fleet.commit("a link")
+    code, out = release(fleet)
+    assert code == 1
+    assert f"{CONTROL}: is a symbolic link" in out
+    assert run_cli("validate", str(fleet.root)).code == 1
+    edit = run_cli("rollout", "pause", "gw", str(fleet.root))
+    assert edit.code == 1
+    assert "symbolic link" in edit.err
+    fleet.remove(CONTROL)
+    fleet.write(CONTROL, "# " + "x" * (1024 * 1024) + "\napps: {}\n")
+    fleet.commit("huge")
+    code, out = release(fleet)
+    assert code == 1
+    assert f"{CONTROL}: is " in out and "over the limit" in out
