@@ -167,7 +167,8 @@ def devices_from(observed: Observed) -> dict[str, DeviceReport]:
     for series in observed.app_info:
         who = owner(series)
         app = series.labels.get("app")
-        if who is None or not app or series.value != 1:
+        # A state SPEC 3.4 does not name (a newer device?) is not guessed at: left out.
+        if who is None or not app or series.labels.get("state") not in APP_STATES:
             continue
         entry = (series.labels.get("revision", ""), series.labels.get("state", ""))
         apps.setdefault(who, {}).setdefault(app, set()).add(entry)

@@ -333,3 +333,9 @@ def test_the_queries_read_exactly_the_spec_metrics():
     ):
         assert name in text
     assert set(fleet_status.queries("1d")) == set(Observed.__dataclass_fields__)
+
+
+def test_a_state_the_spec_does_not_name_is_not_guessed_at():
+    device = scraped("d1", (NEW, "upgrading"))
+    status = compute(observed(device), devices={"d1": {}})
+    assert states(status) == {"d1": "missing"}
