@@ -84,8 +84,12 @@ def parse(data: bytes | None, *, path: str = PATH) -> dict[str, Control]:
     for name, raw in raw_apps.items():
         where = f"apps.{name}"
         before = len(r.problems)
-        if not isinstance(name, str) or (why := labels.dns_label_error(name)) is not None:
-            r.add(where, f"app name {why or 'must be a string'}")
+        if not isinstance(name, str):
+            # `on`, `no`, `1234`: YAML reads some valid app names as booleans or numbers.
+            r.add(where, f'app name must be a string: quote it ("{name}") if it is one')
+            continue
+        if (why := labels.dns_label_error(name)) is not None:
+            r.add(where, f"app name {why}")
             continue
         entry = r.fields(where, raw, allowed=("paused", "abort"))
         if entry is None:
@@ -119,7 +123,7 @@ def serialize(controls: Mapping[str, Control]) -> bytes:
     kept = {name: c for name, c in sorted(controls.items()) if not c.empty}
     if not kept:
         lines[-1] = "apps: {}"
-    lines += [f"  {name}: {_flow(control)}" for name, control in kept.items()]
+    lines += [f"  {_key(name)}: {_flow(control)}" for name, control in kept.items()]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -127,8 +131,11 @@ def edit(data: bytes | None, app: str, control: Control, *, path: str = PATH) ->
     """Set `app`'s entry to `control` (an empty control removes the entry: resume).
 
     Idempotent: setting what is there already leaves the bytes as they are. Raises
-    ProblemsError when the current file is invalid (it is never edited blind).
+    ProblemsError when the current file is invalid (it is never edited blind) or `app` is no
+    valid app name.
     """
+    if (why := labels.dns_label_error(app)) is not None:
+        raise errors.ProblemsError([errors.Problem(path, f"apps.{app}", f"app name {why}")])
     current = parse(data, path=path)
     wanted = dict(current)
     if control.empty:
@@ -158,6 +165,16 @@ def _flow(control: Control) -> str:
         # Quoted: an all-digit revision prefix would otherwise be read as a YAML integer.
         parts.append(f"abort: {json.dumps(control.abort)}")
     return "{" + ", ".join(parts) + "}"
+
+
+def _key(name: str) -> str:
+    """An app name as a YAML key that reads back as that string: quoted when YAML would read
+    it as something else (`on` is a boolean, `1234` a number, `null` nothing)."""
+    try:
+        plain = safe_yaml.load(name.encode("utf-8"), file=PATH) == name
+    except errors.ProblemsError:
+        plain = False
+    return name if plain else json.dumps(name)
 
 
 def _indent(line: str) -> int:
@@ -197,8 +214,8 @@ def _edit_lines(text: str, app: str, control: Control) -> str | None:
             last += 1
         while last > i + 1 and not lines[last - 1].strip():
             last -= 1
-        entries[match["name"]] = (i, last)
-    new = None if control.empty else f"{' ' * entry_indent}{app}: {_flow(control)}"
+        entries[match["name"].strip("'\"")] = (i, last)
+    new = None if control.empty else f"{' ' * entry_indent}{_key(app)}: {_flow(control)}"
     if app in entries:
         first, after = entries[app]
         if new is None:

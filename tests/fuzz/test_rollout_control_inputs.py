@@ -64,7 +64,9 @@ def test_raw_bytes_are_a_value_or_problems(data):
 
 
 @FAST
-@given(documents, st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), st.booleans())
+@given(
+    documents, st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True), st.booleans()
+)
 def test_edits_of_valid_files_parse_back_to_the_wanted_entries(doc, app, pause):
     data = yaml.safe_dump(doc).encode()
     try:

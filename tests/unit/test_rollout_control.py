@@ -150,12 +150,35 @@ def test_a_layout_the_line_editor_does_not_know_is_rewritten_and_says_so():
     }
 
 
+@pytest.mark.parametrize("name", ["on", "no", "null", "1234", "0x1f", "0b1"])
+def test_app_names_yaml_would_read_as_something_else_are_written_quoted(name):
+    result = rollout_control.edit(b"apps:\n  web: {paused: true}\n", name, Control(paused=True))
+    assert f'  "{name}": {{paused: true}}\n'.encode() in result.data
+    assert not result.rewritten
+    assert rollout_control.parse(result.data)[name] == Control(paused=True)
+    removed = rollout_control.edit(result.data, name, Control())
+    assert removed.data == b"apps:\n  web: {paused: true}\n"
+
+
+def test_an_unquoted_name_yaml_reads_as_a_boolean_says_to_quote_it():
+    assert problems_of(b"apps:\n  on: {paused: true}\n") == {
+        "apps.True": 'app name must be a string: quote it ("True") if it is one'
+    }
+
+
+def test_an_invalid_app_name_is_never_written():
+    with pytest.raises(errors.ProblemsError, match="is not a DNS label"):
+        rollout_control.edit(None, "Web_1", Control(paused=True))
+
+
 def test_an_invalid_file_is_never_edited():
     with pytest.raises(errors.ProblemsError):
         rollout_control.edit(b"apps:\n  web: {paused: no}\n", "gw", Control(paused=True))
 
 
-names = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
+names = st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True) | st.sampled_from(
+    ["on", "no", "yes", "y", "off", "null", "true", "123", "1e3", "0x1f", "0b1"]
+)
 controls = st.builds(
     Control,
     paused=st.booleans(),
