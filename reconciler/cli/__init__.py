@@ -50,4 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(title="verbs", metavar="VERB")
     device_verbs.add_verbs(verbs)
     fleet_verbs.add_verbs(verbs)
+    # The rollout loop (SPEC 2.3, 3.3): fleet-status and rollout pause|resume|abort|gate.
+    fleet_verbs.add_rollout_verbs(verbs)
     return parser

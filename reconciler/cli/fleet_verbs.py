@@ -1,5 +1,6 @@
 """The fleet verbs, run on a fleet repo checkout in CI or on a laptop: `validate`, `plan`,
-`release`, `verify`, `publish`, `lab-ca` (SPEC 3.3).
+`release`, `verify`, `publish`, `lab-ca`; and the rollout loop: `fleet-status`,
+`rollout pause|resume|abort|gate` (SPEC 3.3).
 
 Each checks its arguments (bad usage: exit 2) and hands over to `fleet/`, which does the work
 and returns the exit code. `release` strings the steps together: pin images, write the release,
@@ -9,6 +10,7 @@ sign it, and put the previous release back when signing fails.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from reconciler.cli.common import (
     load_device_settings,
 )
 from reconciler.core import durations
+from reconciler.core.fleet_status import Threshold, parse_threshold
 from reconciler.errors import ProblemsError
 
 
@@ -237,3 +240,177 @@ def _lab_ca(args: argparse.Namespace) -> int:
     from reconciler.fleet import lab_ca
 
     return lab_ca.lab_ca_init(Path(args.directory))
+
+
+# --- the rollout loop: fleet-status, rollout pause|resume|abort|gate (SPEC 2.3, 3.3) ----------
+
+
+def add_rollout_verbs(verbs: Verbs) -> None:
+    status = add_verb(
+        verbs,
+        "fleet-status",
+        help_text="Per app of the checkout's release: newest revision, wave open now, devices "
+        "targeted / applied / pending / paused / failed (held back or rolled back) / stale / "
+        "never seen, from what devices report to Prometheus. Exit 4 when a newest revision "
+        "failed on more devices than --max-failures.",
+        example="reconciler fleet-status ./fleet --prometheus http://prom:9090 "
+        "--inventory ./fleet/devices/inventory.yaml --max-failures 10%\n"
+        "  reconciler fleet-status --prometheus $PROM --format markdown >> $GITHUB_STEP_SUMMARY",
+        handler=_fleet_status,
+    )
+    status.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
+    _prometheus_arguments(status, required_max_failures=False)
+    status.add_argument(
+        "--inventory", help="a devices/inventory.yaml file: targets by selector, never-seen"
+    )
+    shape = status.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="JSON with every device")
+    shape.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="text (default), markdown (a GitHub job summary) or json",
+    )
+
+    rollout = verbs.add_parser(
+        "rollout",
+        help="Pause, resume or abort an app's rollout in .fleet/rollout.yaml, or let the "
+        "canary gate pause failing ones; `reconciler release` then signs it.",
+        description="Edit .fleet/rollout.yaml in a fleet repo checkout (SPEC 2.3). Comments and "
+        "other entries are kept; commit the file, then run reconciler release.",
+    )
+
+    # `reconciler rollout` alone: its own help (the actions), as bad usage.
+    def rollout_usage(_args: argparse.Namespace) -> int:
+        rollout.print_help()
+        return EXIT_CONFIG
+
+    rollout.set_defaults(handler=rollout_usage)
+    actions = rollout.add_subparsers(title="actions", metavar="ACTION")
+    for action, text in (
+        ("pause", "devices not yet on the newest revision keep what they run"),
+        ("resume", "remove the app's entry: pause and abort end"),
+        ("abort", "devices running the revision return to their previous one and hold it back"),
+    ):
+        parser = add_verb(
+            actions,
+            action,
+            help_text=f"{action.capitalize()} an app's rollout: {text}.",
+            example=f"reconciler rollout {action} gw ./fleet"
+            + (" --revision 3f2a9c01b7e4" if action == "abort" else ""),
+            handler=_rollout_edit,
+        )
+        parser.set_defaults(action=action)
+        parser.add_argument("app", help="the app's metadata.name")
+        parser.add_argument("repo", nargs="?", default=".", help="fleet repo checkout")
+        if action == "abort":
+            parser.add_argument(
+                "--revision",
+                help="sha256 or a prefix of at least 12 hex digits (default: the newest, "
+                "the one the checkout's release pins)",
+            )
+    gate = add_verb(
+        actions,
+        "gate",
+        help_text="Pause every app whose newest revision failed on more devices than "
+        "--max-failures allows. Exit 0 unchanged, 10 changed the file, 1 error.",
+        example="reconciler rollout gate ./fleet --prometheus http://prom:9090 --max-failures 1",
+        handler=_rollout_gate,
+    )
+    gate.add_argument("repo", nargs="?", default=".", help="fleet repo checkout (default .)")
+    _prometheus_arguments(gate, required_max_failures=True)
+
+
+def _prometheus_arguments(parser: argparse.ArgumentParser, *, required_max_failures: bool) -> None:
+    parser.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    parser.add_argument(
+        "--max-failures",
+        required=required_max_failures,
+        metavar="N|P%",
+        help="failures allowed per newest revision: a device count, or a percent of the "
+        "devices that tried it",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        default="60s",
+        help="the devices' poll interval (default 60s): a device with no successful fetch for "
+        "3 of them is stale",
+    )
+    parser.add_argument(
+        "--lookback",
+        default="1d",
+        help="how long a device that stopped reporting is still known, as a Prometheus "
+        "duration (default 1d)",
+    )
+
+
+def _prometheus_options(
+    args: argparse.Namespace, verb: str
+) -> tuple[float, Threshold | None] | int:
+    try:
+        poll = durations.parse_duration(args.poll_interval)
+        if poll <= 0:
+            raise ValueError("--poll-interval must be positive")
+        threshold = parse_threshold(args.max_failures) if args.max_failures else None
+    except ValueError as exc:
+        print(f"{verb}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not _PROMETHEUS_DURATION.fullmatch(args.lookback):
+        print(f"{verb}: --lookback: expected a Prometheus duration like 1d or 6h", file=sys.stderr)
+        return EXIT_CONFIG
+    return poll, threshold
+
+
+_PROMETHEUS_DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    from reconciler.fleet import devices, status_verb
+
+    options = _prometheus_options(args, "fleet-status")
+    if isinstance(options, int):
+        return options
+    poll, threshold = options
+    listed = None
+    if args.inventory:
+        try:
+            listed = {d.name: d.labels for d in devices.inventory_devices(Path(args.inventory))}
+        except (ValueError, ProblemsError) as exc:
+            for line in str(exc).splitlines():
+                print(f"fleet-status: {line}", file=sys.stderr)
+            return EXIT_CONFIG
+    return status_verb.fleet_status_verb(
+        Path(args.repo),
+        prometheus=args.prometheus,
+        output="json" if args.json else args.format,
+        devices=listed,
+        threshold=threshold,
+        poll_interval=poll,
+        lookback=args.lookback,
+    )
+
+
+def _rollout_edit(args: argparse.Namespace) -> int:
+    from reconciler.fleet import rollout_verbs
+
+    return rollout_verbs.edit(
+        Path(args.repo), args.action, args.app, revision=getattr(args, "revision", None)
+    )
+
+
+def _rollout_gate(args: argparse.Namespace) -> int:
+    from reconciler.fleet import rollout_verbs
+
+    options = _prometheus_options(args, "rollout gate")
+    if isinstance(options, int):
+        return options
+    poll, threshold = options
+    if threshold is None:  # argparse requires it; kept for the type checker
+        return EXIT_CONFIG
+    return rollout_verbs.gate(
+        Path(args.repo),
+        prometheus=args.prometheus,
+        threshold=threshold,
+        poll_interval=poll,
+        lookback=args.lookback,
+    )

@@ -37,7 +37,8 @@ def triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
 
 
 def steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
-    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+    # A job that calls a reusable workflow (`uses:`) has no steps of its own.
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 
 
 def scripts(workflow: dict[Any, Any]) -> str:
@@ -46,14 +47,21 @@ def scripts(workflow: dict[Any, Any]) -> str:
 
 def test_every_workflow_and_action_file_parses_with_a_name_and_jobs_or_steps():
     files = sorted(TEMPLATE.joinpath(".github").rglob("*.y*ml"))
-    assert {f.name for f in files} == {"check.yml", "release.yml", "action.yml"}
+    assert {f.name for f in files} == {
+        "check.yml",
+        "release.yml",
+        "rollout-gate.yml",
+        "action.yml",
+    }
     for path in files:
         doc = load(path)
         assert doc.get("name"), path
         if path.parent == WORKFLOWS:
             assert triggers(doc) and doc["jobs"], path
             for job in doc["jobs"].values():
-                assert job["runs-on"] and job["steps"], path
+                assert (job.get("runs-on") and job.get("steps")) or job["uses"].startswith("./"), (
+                    path
+                )
         else:
             assert doc["runs"]["using"] == "composite" and doc["runs"]["steps"], path
 
@@ -87,8 +95,13 @@ def test_the_release_runs_on_main_and_weekly_signs_with_the_workflow_identity_an
     workflow = load(WORKFLOWS / "release.yml")
     on = triggers(workflow)
     assert on["push"]["branches"] == ["main"]
-    # The release commit touches only .fleet/: it must not start the workflow again.
-    assert on["push"]["paths-ignore"] == [".fleet/**"]
+    # The release commit touches only the release files: it must not start the workflow again;
+    # a merged .fleet/rollout.yaml must (a pause counts only once signed).
+    assert on["push"]["paths-ignore"] == [
+        ".fleet/release.json",
+        ".fleet/release.json.sigstore.json",
+    ]
+    assert "workflow_call" in on  # rollout-gate.yml signs through it, as release.yml
     assert len(on["schedule"]) == 1
     *_, day, month, weekday = on["schedule"][0]["cron"].split()
     assert (day, month) == ("*", "*") and weekday.isdigit()  # one day a week
@@ -105,6 +118,42 @@ def test_the_release_runs_on_main_and_weekly_signs_with_the_workflow_identity_an
     # The published tree (SPEC 2.4), verified again by `publish`, on the gh-pages branch.
     assert 'reconciler publish . "$site" --config "$RUNNER_TEMP/device.yaml"' in script
     assert 'git -C "$site" push origin HEAD:gh-pages' in script
+
+
+def test_the_pull_request_check_lets_rollout_yaml_change_but_not_the_release_files():
+    script = scripts(load(WORKFLOWS / "check.yml"))
+    assert "git diff --name-only HEAD^1 HEAD -- .fleet/ ':!.fleet/rollout.yaml'" in script
+
+
+def test_the_rollout_gate_runs_on_a_schedule_reports_gates_and_signs_through_release_yml():
+    workflow = load(WORKFLOWS / "rollout-gate.yml")
+    on = triggers(workflow)
+    assert set(on) == {"schedule", "workflow_dispatch"}
+    assert workflow["permissions"] == {"contents": "read"}
+    gate, release = workflow["jobs"]["gate"], workflow["jobs"]["release"]
+    assert gate["permissions"] == {"contents": "write", "statuses": "write"}
+    assert gate["if"] == "github.ref == 'refs/heads/main'"
+    assert gate["outputs"]["changed"] == "${{ steps.gate.outputs.changed }}"
+    assert gate["env"]["PROMETHEUS_URL"] == "${{ secrets.PROMETHEUS_URL || vars.PROMETHEUS_URL }}"
+    script = scripts(workflow)
+    assert "reconciler fleet-status . --prometheus" in script
+    assert "--format markdown --max-failures" in script and '>> "$GITHUB_STEP_SUMMARY"' in script
+    assert 'gh api "repos/$GITHUB_REPOSITORY/statuses/$release_commit"' in script
+    assert "reconciler rollout gate . --prometheus" in script
+    assert 'echo "changed=true" >> "$GITHUB_OUTPUT"' in script
+    assert "git add .fleet/rollout.yaml" in script and "git push origin HEAD:main" in script
+    steps_by_name = {step.get("name"): step for step in gate["steps"]}
+    assert steps_by_name["Canary gate"]["id"] == "gate"
+    assert (
+        steps_by_name["Commit .fleet/rollout.yaml"]["if"] == "steps.gate.outputs.changed == 'true'"
+    )
+    # Signing happens in release.yml, called: the certificate then names the identity devices pin.
+    assert release["uses"] == "./.github/workflows/release.yml"
+    assert release["needs"] == "gate"
+    assert release["if"] == "needs.gate.outputs.changed == 'true'"
+    assert release["permissions"] == {"contents": "write", "id-token": "write"}
+    assert release["secrets"] == "inherit"
+    assert "reconciler release" not in script  # never signed as rollout-gate.yml
 
 
 def test_the_readme_names_the_identity_and_issuer_the_release_workflow_signs_as():
