@@ -216,11 +216,20 @@ class Watcher:
         import watchfiles
 
         targets = self._targets(seen)
+        sources = [path for path, kind in targets.items() if kind == "source"]
+        editors = watchfiles.DefaultFilter()  # swap files, backups, .git and the like
+
+        def relevant(change: watchfiles.Change, changed: str) -> bool:
+            """Under a source every change (a local Git repo moves under .git); elsewhere
+            not what an editor leaves beside the config or a label file."""
+            path = Path(changed)
+            return any(path == s or s in path.parents for s in sources) or editors(change, changed)
+
         ticking = bool(self.sources)
         changes_seen = (
             watchfiles.watch(
                 *targets,
-                watch_filter=None,  # a local Git repo moves under .git, which the default skips
+                watch_filter=relevant,
                 stop_event=self._stop,
                 debounce=300,
                 rust_timeout=int(TICK * 1000) if ticking else 5000,

@@ -113,3 +113,27 @@ def test_nothing_under_the_parent_but_the_source_wakes_the_loop(watching: Watchi
     (watching.media / "other-stick").mkdir()
     (watching.media / "other-stick" / "file").write_text("not ours")
     assert watching.next_reason(timeout=QUIET_ENOUGH)[0] == ""
+
+
+def test_a_commit_under_dot_git_wakes_the_loop_and_an_editors_swap_file_does_not(
+    tmp_path: Path,
+):
+    repo, labels = tmp_path / "fleet", tmp_path / "labels.d"
+    (repo / ".git" / "refs" / "heads").mkdir(parents=True)
+    labels.mkdir()
+    loaded = device_settings(tmp_path, f"{{url: {repo}}}\ndevice: {{labels_dir: {labels}}}")
+    woken = wakeups.Wakeups()
+    watcher = wakeups.Watcher(str(tmp_path / "etc" / "config.yaml"), loaded, woken)
+    watcher.start()
+    try:
+        time.sleep(2 * wakeups.TICK)
+        (labels / ".10-site.yaml.swp").write_bytes(b"vim")
+        (tmp_path / "etc" / "config.yaml~").write_text("a backup beside the config")
+        woken.sleep(QUIET_ENOUGH)
+        assert woken.reason == ""
+        (repo / ".git" / "refs" / "heads" / "main").write_text("0" * 40)  # `git commit`
+        woken.sleep(WAIT)
+        assert woken.take() == ("local fleet source changed", False)
+    finally:
+        watcher.stop()
+        woken.close()
