@@ -8,13 +8,15 @@ a stick's files appear. The poll interval is an hour, so only the watch can expl
 Tampered sticks (a release signed by another identity, a blob changed) are refused with the
 reason in `status` and the metrics; the right stick is then applied, though the same release
 was refused before. Watching adds no writes: a cycle the stick wakes with nothing new writes
-nothing to state_dir.
+nothing to state_dir. A tree copied onto the stick slowly is applied once its latest.json
+comes, the cycles woken before only failing to fetch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.core import published, release
+from reconciler.device import wakeups
 from reconciler.fleet import lab_ca
 from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get, metric, scrape
 from testkit.images import ImageFactory
@@ -253,4 +256,21 @@ def test_a_stick_inserted_while_the_origin_is_down_is_applied_and_tampered_stick
     eventually(stick.served("usb v3"), "release 3 applied from the right stick")
     eventually(lambda: stick.lab.status()["last_error"] is None, "the error cleared")
     assert stick.count(wrong_identity) == 1 and stick.count(pin_mismatch) == 1
-    assert stick.count('reconciler_source_requests_total{result="error"}') == 0
+    errors = 'reconciler_source_requests_total{result="error"}'
+    assert stick.count(errors) == 0
+
+    # Release 4 copied onto a stick slowly, in the order `publish` writes (latest.json last):
+    # the cycles the copy wakes early find no tree, a fetch error, never a refusal.
+    stick.eject()
+    stick.release("v1")
+    source = stick.prepared()
+    copy = stick.slot / "fleet"
+    copy.mkdir(parents=True)
+    for part in ("blobs", "releases"):
+        shutil.copytree(source / part, copy / part)
+        time.sleep(2 * wakeups.SOURCE_QUIET)  # quiet long enough for the watch to cycle
+    eventually(lambda: stick.count(errors) >= 1, "a cycle woken before latest.json came")
+    shutil.copy(source / published.LATEST, copy / published.LATEST)
+    eventually(stick.served("usb v1"), "release 4 applied once latest.json came")
+    assert stick.count(wrong_identity) == 1 and stick.count(pin_mismatch) == 1
+    eventually(lambda: stick.lab.status()["last_error"] is None, "the error cleared")
