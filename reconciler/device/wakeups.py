@@ -30,6 +30,7 @@ from reconciler.device.control import SYNC_SIGNAL
 MAX_SLEEP = 86400.0  # longest single select(); a longer wait is several of them
 TICK = 0.5  # how often a missing or remounted local source is looked for
 SOURCE_QUIET = 1.0  # a source quiet this long after a change is read: a copy has finished
+WATCH_RETRY = 2.0  # a watch that failed is set up again after this
 
 _log = logging.getLogger("reconciler.daemon")
 
@@ -194,14 +195,21 @@ class Watcher:
 
     def _run(self) -> None:
         """Watch what is there; start again whenever a source directory comes, goes or is
-        replaced, until stopped. A watch that breaks is logged and tried again a tick later."""
+        replaced, until stopped. A watch that breaks is tried again after WATCH_RETRY, logged
+        once per reason (a directory it cannot read stays so: one line, not one a second)."""
+        failed = ""
         while not self._stop.is_set():
             seen = {path: _identity(path) for path in self.sources}
             try:
                 self._watch(seen)
             except Exception as exc:  # a path gone between the stat and the watch, no inotify
-                logs.event(_log, logging.WARNING, "watch.failed", reason=str(exc))
-                self._stop.wait(TICK)
+                reason = f"{type(exc).__name__}: {exc}"
+                if reason != failed:
+                    logs.event(_log, logging.WARNING, "watch.failed", reason=reason)
+                    failed = reason
+                self._stop.wait(WATCH_RETRY)
+            else:
+                failed = ""
 
     def _targets(self, seen: dict[Path, tuple[int, int] | None]) -> dict[Path, str]:
         labels, _sources = self._wanted

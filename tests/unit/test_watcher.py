@@ -137,3 +137,33 @@ def test_a_commit_under_dot_git_wakes_the_loop_and_an_editors_swap_file_does_not
     finally:
         watcher.stop()
         woken.close()
+
+
+def test_a_watch_that_keeps_failing_is_retried_and_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A fake: inotify running out of watches cannot be provoked here without starving the
+    # machine's other users of them.
+    import watchfiles
+
+    attempts: list[float] = []
+
+    def exhausted(*_paths: object, **_options: object) -> Iterator[set[tuple[object, str]]]:
+        attempts.append(time.monotonic())
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchfiles, "watch", exhausted)
+    monkeypatch.setattr(wakeups, "WATCH_RETRY", 0.05)
+    loaded = device_settings(tmp_path, "{url: https://git.example/fleet.git}")
+    woken = wakeups.Wakeups()
+    watcher = wakeups.Watcher(str(tmp_path / "etc" / "config.yaml"), loaded, woken)
+    with caplog.at_level("WARNING", logger="reconciler.daemon"):
+        watcher.start()
+        deadline = time.monotonic() + WAIT
+        while len(attempts) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watcher.stop()
+    woken.close()
+    assert len(attempts) >= 5
+    failures = [r for r in caplog.records if "watch.failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures]
