@@ -146,6 +146,13 @@ class Stick:
     def served(self, page: str) -> Callable[[], bool]:
         return lambda: http_get(self.port, timeout=0.5) == page
 
+    def refused(self, words: str) -> None:
+        """`status` names why (saved just after the metric counts it: waited for)."""
+        eventually(
+            lambda: words in str(self.lab.status()["last_verification_failure"]),
+            f"{words!r} in status",
+        )
+
     def applied_version(self) -> object:
         return json.loads((self.lab.state_dir / "state.json").read_text())["release_version"]
 
@@ -205,9 +212,10 @@ def test_a_stick_inserted_while_the_origin_is_down_is_applied_and_tampered_stick
     assert stick.lab.status()["last_error"] is None
 
     # Watching writes nothing: a cycle the stick wakes with nothing new leaves state_dir as is.
-    settled = stick.cycles()
+    eventually(lambda: stick.cycles() == 2, "the start's cycle and the stick's, counted")
     time.sleep(2)
-    assert stick.cycles() == settled  # no cycle wakes another
+    settled = stick.cycles()
+    assert settled == 2  # the stick woke one cycle, and no cycle wakes another
     before = state_files(stick.lab.state_dir)
     polls = stick.count(not_modified)
     latest = stick.slot / "fleet" / published.LATEST
@@ -232,8 +240,7 @@ def test_a_stick_inserted_while_the_origin_is_down_is_applied_and_tampered_stick
     stick.insert(forged)
     wrong_identity = 'reconciler_verification_failures_total{reason="wrong_identity"}'
     eventually(lambda: stick.count(wrong_identity) == 1, "the forged stick refused")
-    refused = str(stick.lab.status()["last_verification_failure"])
-    assert "signed by an identity that is not trusted" in refused, refused
+    stick.refused("signed by an identity that is not trusted")
     assert http_get(stick.port) == "usb v2"
 
     # Release 3 with its blob changed on the stick: refused by its pin.
@@ -245,8 +252,7 @@ def test_a_stick_inserted_while_the_origin_is_down_is_applied_and_tampered_stick
     stick.insert(tampered)
     pin_mismatch = 'reconciler_verification_failures_total{reason="pin_mismatch"}'
     eventually(lambda: stick.count(pin_mismatch) == 1, "the tampered stick refused")
-    status = stick.lab.status()
-    assert "changed after the release was signed" in str(status["last_verification_failure"])
+    stick.refused("changed after the release was signed")
     assert http_get(stick.port) == "usb v2"
     assert stick.applied_version() == 2
 
