@@ -220,6 +220,7 @@ class StaticSource:
         self._known: dict[str, _Known] = {}
         self._versions: dict[str, int] = {}  # release sha256 -> version, from latest.json
         self._pins: dict[str, dict[str, str]] = {}  # release sha256 -> path -> blob sha256
+        self._suspect: set[str] = set()  # refused releases whose bundle is fetched again
 
     @property
     def remotes(self) -> tuple[str, ...]:
@@ -254,13 +255,17 @@ class StaticSource:
         raise RemotesFailed(f"poll {published.LATEST}", failures)
 
     def ensure(self, commit: str, remote: str) -> None:
-        """Make the release `commit` readable: nothing when it is cached, else its file and
-        bundle from `remote` first, then the other mirrors. Blobs come later, in `read`."""
+        """Make the release `commit` readable: nothing when it is cached (and not `forget`
+        since), else its file and bundle from `remote` first, then the other mirrors. Blobs
+        come later, in `read`."""
         sha = _check_sha(commit)
-        if self._release_file(sha).is_file():
+        cached = self._release_file(sha).is_file()
+        if cached and sha not in self._suspect:
             return
         version = self._versions.get(sha)
         if version is None:
+            if cached:
+                return  # no mirror names it now: the cached copy is all there is to refuse
             raise errors.FetchError(f"release {sha[:12]} was not named by any latest.json")
         first = next((m for m in self._mirrors if remote in (m.name,)), None)
         if first is None:
@@ -281,10 +286,19 @@ class StaticSource:
             except _Failed as exc:
                 failures.append((mirror.name, exc.reason))
                 continue
-            self._store_release(sha, data, bundle)
+            if not cached or _read_optional(self._bundle_file(sha)) != bundle:
+                self._store_release(sha, data, bundle)  # the same bundle again: no write
+            self._suspect.discard(sha)
             self._answered(mirror, failures)
             return
         raise RemotesFailed(f"fetch release {version} ({sha[:12]})", failures)
+
+    def forget(self, commit: str) -> None:
+        """The caller refused the release `commit`. Its name pins the release file, not the
+        bundle: a lying mirror may have served that, so the next `ensure` fetches it again
+        (writing it only when it differs), or the right bundle, once a host serves it, would
+        never be read until the next release."""
+        self._suspect.add(_check_sha(commit))
 
     def read(self, commit: str, path: str, *, max_bytes: int) -> bytes | None:
         """The release (`.fleet/release.json`), its bundle, or the manifest the release pins at

@@ -183,15 +183,21 @@ class Reconciler:
     def _fetch(self, current: state.DeviceState, now: datetime) -> tuple[str, state.DeviceState]:
         """The head commit, readable from the cache, and the state with this fetch recorded.
         A failed remote counts in `reconciler_fetch_errors_total` even when a mirror answered
-        after it."""
+        after it. The head query counts in `reconciler_source_requests_total` against the head
+        last fetched (state_dir's, so a restart does not make an unchanged head "changed")."""
+        requested = "error"
         try:
             head = self.git.head()
+            requested = "not_modified" if head.commit == current.last_fetch_commit else "changed"
             self.journal.count_fetch_errors(head.failures)
             self.git.ensure(head.commit, head.remote)
         except FetchError as exc:
             self.fetch_failures += 1
             self.journal.count_fetch_errors(exc.failures)
             raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.record_source_request(requested)
         self.fetch_failures = 0
         self.last_fetch = now
         if self.metrics is not None:

@@ -2,7 +2,8 @@
 
 Shell. Owns the loop's timing and its wake-ups: the poll interval with jitter; back-off while
 every remote is down; SIGHUP or a change to the config file or `device.labels_dir` reloads the
-settings and cycles now; a change under a local `source.url` (an air-gapped drop) or SIGUSR1
+settings and cycles now; a change under a local source or mirror directory (an air-gapped
+drop, a published tree on a USB stick, one inserted while the daemon runs) or SIGUSR1
 (`reconciler sync`) cycles now; SIGTERM/SIGINT stop between cycles (a cycle in progress
 finishes: it records its transaction, so even a hard kill leaves a state the next run finishes).
 A config that became invalid is logged and the last good one kept: the device goes on running.

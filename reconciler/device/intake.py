@@ -10,12 +10,22 @@ touch the engine or state_dir.
 from __future__ import annotations
 
 import logging
+from typing import Protocol, runtime_checkable
 
 from reconciler import logs, model, ports
 from reconciler.core import manifests, release, targets, trust
-from reconciler.errors import Problem, ProblemsError, ReleaseError
+from reconciler.errors import Problem, ProblemsError, ReleaseError, VerificationError
 
 _log = logging.getLogger("reconciler.cycle")
+
+
+@runtime_checkable
+class Forgetting(Protocol):
+    """A source whose commit name does not cover every file it serves (the static tree's
+    names its release, not the bundle): told of a refusal, it reads the rest afresh next time.
+    A Git commit covers its whole tree, so GitSource has nothing to forget."""
+
+    def forget(self, commit: str) -> None: ...
 
 
 class Intake:
@@ -44,7 +54,12 @@ class Intake:
         signer = None
         if not self.allow_unsigned:
             bundle = self.source.read(commit, release.BUNDLE_PATH, max_bytes=trust.MAX_BUNDLE_BYTES)
-            signer = self.verifier.verify(data, bundle, file=release.RELEASE_PATH)
+            try:
+                signer = self.verifier.verify(data, bundle, file=release.RELEASE_PATH)
+            except VerificationError:
+                if isinstance(self.source, Forgetting):
+                    self.source.forget(commit)
+                raise
             logs.event(
                 _log,
                 logging.DEBUG,

@@ -130,6 +130,25 @@ class Metrics:
         for remote in remotes:
             self.fetch_errors.labels(remote=redact(remote))
         self._applied: tuple[str, str] | None = None
+        # One per head query of the fleet source (Git's ref query, a static tree's latest.json),
+        # counted by the device against the head it last fetched: not_modified, changed, error.
+        self.source_requests = Counter(
+            "reconciler_source_requests_total",
+            "Queries of the fleet source for its head, by result.",
+            ["result"],
+            registry=r,
+        )
+        for result in self.SOURCE_REQUEST_RESULTS:
+            self.source_requests.labels(result=result)
+
+    SOURCE_REQUEST_RESULTS = ("not_modified", "changed", "error")
+
+    def record_source_request(self, result: str) -> None:
+        """One head query: "not_modified", "changed" (the head moved) or "error" (no remote
+        answered)."""
+        if result not in self.SOURCE_REQUEST_RESULTS:
+            raise ValueError(f"source request result {result!r} is not one of those counted")
+        self.source_requests.labels(result=result).inc()
 
     # --- recording -------------------------------------------------------------------------
 

@@ -3,26 +3,36 @@
 Shell: a `select` on a socket pair that is also the interpreter's signal wakeup fd, so a
 signal wakes the loop at once whichever thread it hit; SIGTERM/SIGINT stop, SIGHUP reloads,
 SIGUSR1 (`reconciler sync`) cycles now; watchfiles on the config file's directory,
-`device.labels_dir` and a local source path. Must not: run a cycle itself.
+`device.labels_dir` and every local source and mirror directory, including one not there yet
+(a USB stick not inserted). Must not: run a cycle itself, or read or write state_dir.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from urllib.parse import unquote, urlsplit
 
+from reconciler import logs
 from reconciler.core import settings
 from reconciler.device import wiring
 from reconciler.device.control import SYNC_SIGNAL
 
 MAX_SLEEP = 86400.0  # longest single select(); a longer wait is several of them
+TICK = 0.5  # how often a missing or remounted local source is looked for
+SOURCE_QUIET = 1.0  # a source quiet this long after a change is read: a copy has finished
+WATCH_RETRY = 2.0  # a watch that failed is set up again after this
+
+_log = logging.getLogger("reconciler.daemon")
 
 
 class Wakeups:
@@ -106,8 +116,46 @@ def handling_signals(wakeups: Wakeups) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def local_source_dirs(current: settings.DeviceSettings) -> tuple[Path, ...]:
+    """Every `source.url` and mirror that is a local directory or file URL, absolute: a local
+    fleet repo, an air-gapped drop, a published tree on removable media. A URL with a host, or
+    (for Git) scp-like `host:path`, is not one."""
+    found: list[Path] = []
+    for url in wiring.source_urls(current):
+        if url.lower().startswith("file://"):
+            path = Path(unquote(urlsplit(url).path))
+        elif "://" in url:
+            continue
+        elif current.source.kind != "static" and ":" in url.split("/", 1)[0]:
+            continue  # git's scp-like [user@]host:path; a static tree never reads one so
+        else:
+            path = Path(url)
+        if path.absolute() not in found:
+            found.append(path.absolute())
+    return tuple(found)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which directory `path` is now (device and inode), None while there is none: it changes
+    when a stick is mounted on it, inserted, removed or the directory is replaced, none of
+    which an inotify watch on what was there before reports."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+
 class Watcher:
-    """watchfiles on the config file's directory, `labels_dir` and a local source path."""
+    """watchfiles on the config file's directory, `labels_dir` and every local source directory.
+
+    A local source or mirror that is not there yet (a stick not inserted, a drop not copied) is
+    looked for on every tick (one `stat` each), as is a change of which directory a path is (a
+    mount on it): then the watch restarts on what is there now. A change under a source wakes
+    the loop once the source has been quiet for SOURCE_QUIET, so a copy in progress is read
+    when it is done (and `reconciler publish` writes `latest.json` last, so a cycle that still
+    comes early reads the old tree or none, which is a fetch failure, not a refusal).
+    """
 
     def __init__(
         self, config_path: str, current: settings.DeviceSettings, wakeups: Wakeups
@@ -116,22 +164,20 @@ class Watcher:
         self._wakeups = wakeups
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._targets = self._paths(current)
+        self._wanted = self._want(current)
+        self._source_changed: float | None = None  # monotonic time of the last source change
 
-    def _paths(self, current: settings.DeviceSettings) -> dict[Path, str]:
-        targets = {self._config.parent: "config"}
-        if current.device.labels_dir:
-            targets[Path(current.device.labels_dir).absolute()] = "labels"
-        source = wiring.local_source_path(current)
-        if source is not None:
-            targets[source.absolute()] = "source"
-        return {path: kind for path, kind in targets.items() if path.exists()}
+    def _want(self, current: settings.DeviceSettings) -> tuple[Path | None, tuple[Path, ...]]:
+        labels = current.device.labels_dir
+        return (Path(labels).absolute() if labels else None), local_source_dirs(current)
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return self._wanted[1]
 
     def start(self) -> None:
-        if not self._targets:
-            return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -141,29 +187,97 @@ class Watcher:
             self._thread = None
 
     def update(self, current: settings.DeviceSettings) -> None:
-        targets = self._paths(current)
-        if targets != self._targets:
+        wanted = self._want(current)
+        if wanted != self._wanted:
             self.stop()
-            self._targets = targets
+            self._wanted = wanted
             self.start()
 
-    def _watch(self) -> None:
+    def _run(self) -> None:
+        """Watch what is there; start again whenever a source directory comes, goes or is
+        replaced, until stopped. A watch that breaks is tried again after WATCH_RETRY, logged
+        once per reason (a directory it cannot read stays so: one line, not one a second)."""
+        failed = ""
+        while not self._stop.is_set():
+            seen = {path: _identity(path) for path in self.sources}
+            try:
+                self._watch(seen)
+            except Exception as exc:  # a path gone between the stat and the watch, no inotify
+                reason = f"{type(exc).__name__}: {exc}"
+                if reason != failed:
+                    logs.event(_log, logging.WARNING, "watch.failed", reason=reason)
+                    failed = reason
+                self._stop.wait(WATCH_RETRY)
+            else:
+                failed = ""
+
+    def _targets(self, seen: dict[Path, tuple[int, int] | None]) -> dict[Path, str]:
+        labels, _sources = self._wanted
+        targets = {self._config.parent: "config"}
+        if labels is not None:
+            targets[labels] = "labels"
+        targets.update({path: "source" for path, identity in seen.items() if identity})
+        return {path: kind for path, kind in targets.items() if path.exists()}
+
+    def _watch(self, seen: dict[Path, tuple[int, int] | None]) -> None:
+        """One watch over what `seen` found; returns when a source directory changed identity."""
         import watchfiles
 
-        for changes in watchfiles.watch(
-            *self._targets, stop_event=self._stop, debounce=300, raise_interrupt=False
-        ):
-            kinds = {self._kind(Path(changed)) for _change, changed in changes}
-            kinds.discard(None)
+        targets = self._targets(seen)
+        sources = [path for path, kind in targets.items() if kind == "source"]
+        editors = watchfiles.DefaultFilter()  # swap files, backups, .git and the like
+
+        def relevant(change: watchfiles.Change, changed: str) -> bool:
+            """Under a source every change (a local Git repo moves under .git); elsewhere
+            not what an editor leaves beside the config or a label file."""
+            path = Path(changed)
+            return any(path == s or s in path.parents for s in sources) or editors(change, changed)
+
+        ticking = bool(self.sources)
+        changes_seen = (
+            watchfiles.watch(
+                *targets,
+                watch_filter=relevant,
+                stop_event=self._stop,
+                debounce=300,
+                rust_timeout=int(TICK * 1000) if ticking else 5000,
+                yield_on_timeout=ticking,
+                raise_interrupt=False,
+            )
+            if targets
+            else _ticks(self._stop)
+        )
+        for changes in changes_seen:
+            kinds = {self._kind(Path(changed), targets) for _change, changed in changes}
             if "config" in kinds or "labels" in kinds:
                 self._wakeups.wake("config or labels changed", reload=True)
-            elif "source" in kinds:
-                self._wakeups.wake("local fleet repo changed")
+            if "source" in kinds:
+                self._source_changed = time.monotonic()
+            now = {path: _identity(path) for path in seen}
+            if now != seen:
+                if any(identity and identity != seen[path] for path, identity in now.items()):
+                    self._source_changed = time.monotonic()  # a stick came: read it when quiet
+                else:
+                    self._source_changed = None  # one went: nothing new to read
+                return
+            self._wake_when_quiet()
 
-    def _kind(self, changed: Path) -> str | None:
-        for root, kind in self._targets.items():
+    def _wake_when_quiet(self) -> None:
+        changed = self._source_changed
+        if changed is not None and time.monotonic() - changed >= SOURCE_QUIET:
+            self._source_changed = None
+            self._wakeups.wake("local fleet source changed")
+
+    def _kind(self, changed: Path, targets: dict[Path, str]) -> str | None:
+        for root, kind in targets.items():
             if kind == "config" and changed != self._config:
                 continue  # other files beside the config are not ours
             if changed == root or root in changed.parents:
                 return kind
         return None
+
+
+def _ticks(stop: threading.Event) -> Iterator[set[tuple[object, str]]]:
+    """No change every TICK until `stop`: the watch's shape when nothing is there to watch."""
+    while not stop.wait(TICK):
+        yield set()

@@ -8,20 +8,25 @@ the device recovers once the host serves the right tree again.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from reconciler.core import published, release
+from reconciler.device.control import SYNC_SIGNAL
 from reconciler.fleet import lab_ca
-from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get
+from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get, metric, scrape
 from testkit.images import ImageFactory
 from testkit.nginx import Nginx, NginxUnavailable, TestCA
 from testkit.registry import LocalRegistry
@@ -98,9 +103,14 @@ class Device:
         assert first.code == 0, first.out + first.err
         assert http_get(self.port) == "static v1"
 
-    def release(self, image: str) -> None:
-        """Commit a release of the web app on `image` and publish it into the tree."""
-        web = {"name": "web", "image": self.pages[image], "ports": [f"127.0.0.1:{self.port}:80"]}
+    def release(self, image: str, **fields: object) -> None:
+        """Commit a release of the web app on `image` (and `fields`), publish it into the tree."""
+        web = {
+            "name": "web",
+            "image": self.pages[image],
+            "ports": [f"127.0.0.1:{self.port}:80"],
+            **fields,
+        }
         self.lab.publish({"web": app_manifest("web", [web])}, message=image)
         run = self.lab.cli("publish", str(self.lab.fleet.root), str(self.tree))
         assert run.code == 0, run.out + run.err
@@ -305,3 +315,276 @@ def test_blobs_failing_with_5xx_keep_the_applied_state_until_the_host_recovers(d
     assert "HTTP 500" in str(device.lab.status()["last_error"])
     device.nginx.reload("")
     device.applies("static v2")
+
+
+# --- the attacks against a running daemon: its metrics, its status, its recovery ----------------
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
+        time.sleep(0.2)
+
+
+class Front:
+    """127.0.0.1:port in front of nginx's plain HTTP port: forwards (`pass`), or plays a server
+    nginx will not: an `endless` body, a `stall` mid-body, a `redirect` to another host.
+
+    Switching the mode closes the open connections, so a kept-alive client meets the new one.
+    """
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.mode = "pass"
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def switch(self, mode: str) -> None:
+        with self._lock:
+            self.mode = mode
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.switch("closed")
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._open.add(conn)
+                mode = self.mode
+            threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, mode: str) -> None:
+        try:
+            if mode == "pass":
+                self._forward(conn)
+                return
+            conn.recv(65536)
+            if mode == "endless":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                while not self._stop.is_set():
+                    conn.sendall(b"{" * 65536)
+            elif mode == "stall":
+                conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"version": ')
+                self._stop.wait(60)
+            elif mode == "redirect":
+                conn.sendall(
+                    b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/latest.json\r\n"
+                    b"Content-Length: 0\r\n\r\n"
+                )
+                conn.recv(65536)
+        except OSError:
+            pass
+        finally:
+            self._forget(conn)
+
+    def _forward(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        with self._lock:
+            self._open.add(upstream)
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        back.start()
+        pump(client, upstream)
+        back.join()
+        self._forget(upstream)
+
+    def _forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        sock.close()
+
+
+@pytest.fixture
+def front(nginx: Nginx) -> Iterator[Front]:
+    server = Front(nginx.port)
+    yield server
+    server.close()
+
+
+def test_each_attack_moves_the_daemons_metrics_names_its_reason_and_the_device_recovers(
+    device: Device,
+    front: Front,
+    tmp_path_factory: pytest.TempPathFactory,
+    lab_signer: LabSigner,
+    daemons: list[subprocess.Popen[bytes]],
+):
+    """One daemon, nine attacks in a row (SPEC 2.4: a host that lies can only withhold, replay
+    or corrupt). Before each, a new release is published; the attack keeps it from the device;
+    once the host is fixed the release is applied and the error cleared."""
+    lab = device.lab
+    lab.metrics_listen = f"127.0.0.1:{lab.free_port()}"
+    lab.source_url = front.url
+    # Only `sync` cycles (an hour's poll); each read may take 3 s, so a stall costs 3 s.
+    lab.write_config(
+        source={"kind": "static", "url": front.url, "poll_interval": "1h", "timeout": "3s"}
+    )
+    daemon = lab.start_daemon()
+    daemons.append(daemon)
+    fetch_errors = f'reconciler_fetch_errors_total{{remote="{front.url}"}}'
+    images = itertools.cycle(["v2", "v1"])
+    stranger = tmp_path_factory.mktemp("stranger") / "ca"
+    lab_ca.init(stranger)
+
+    def saved_error() -> object:
+        return json.loads((lab.state_dir / "state.json").read_text())["last_error"]
+
+    def scraped(series: str) -> float:
+        return metric(scrape(lab), series)
+
+    def refused_by(series: str, words: str, key: str) -> None:
+        """`sync`; the counter rises by one, nothing is applied, `status` says why."""
+        counters = scrape(lab)
+        before = {s: metric(counters, s) for s in (series, fetch_errors, *verification)}
+        daemon.send_signal(SYNC_SIGNAL)  # what `reconciler sync` sends
+        eventually(lambda: scraped(series) == before[series] + 1, f"{series} to rise")
+        eventually(lambda: words in str(lab.status()[key]), f"{words!r} in status {key}")
+        after = scrape(lab)
+        for other in set(before) - {series}:  # the other counters stay where they were
+            assert metric(after, other) == before[other], other
+        assert http_get(device.port) == applied[-1]
+
+    def recovers() -> None:
+        """The host fixed: the newest release is applied and the error cleared."""
+        daemon.send_signal(SYNC_SIGNAL)
+        eventually(lambda: http_get(device.port, timeout=0.5) == pending[-1], pending[-1])
+        # state.json, which `status` shows: one CLI run fewer per attack on a loaded machine.
+        eventually(lambda: saved_error() is None, "last_error cleared")
+        applied.append(pending[-1])
+
+    verification = [
+        f'reconciler_verification_failures_total{{reason="{reason}"}}'
+        for reason in ("rollback", "invalid_signature", "pin_mismatch", "equivocation")
+    ]
+    applied = ["static v1"]
+    pending: list[str] = []
+
+    def next_release() -> None:
+        """A release no other one has the manifest of: its blob is new to the device."""
+        image = next(images)
+        device.release(image, env={"RELEASE": len(pending)})
+        pending.append(f"static {image}")
+
+    eventually(lambda: scraped('reconciler_cycles_total{result="unchanged"}') == 1, "started")
+
+    # A host serving yesterday's tree, validly signed: a rollback.
+    yesterday = device.tree.parent / "yesterday"
+    shutil.copytree(device.tree, yesterday)
+    next_release()
+    recovers()
+    today = device.tree.parent / "today"
+    shutil.copytree(device.tree, today)
+    shutil.rmtree(device.tree)
+    shutil.copytree(yesterday, device.tree)
+    refused_by(verification[0], "refusing a rollback", "last_verification_failure")
+    shutil.rmtree(device.tree)
+    shutil.copytree(today, device.tree)
+    next_release()
+    recovers()
+
+    # A tree from another fleet: the next version, signed by a stranger's CA.
+    next_release()
+    real_latest = (device.tree / published.LATEST).read_bytes()
+    version = device.latest().version
+    real = {
+        rel: (device.tree / rel).read_bytes()
+        for rel in (published.release_path(version), published.bundle_path(version))
+    }
+    doc = json.loads(real[published.release_path(version)])
+    forged = json.dumps({**doc, "expires": "2099-01-01T00:00:00Z"}).encode()
+    swap_release(device, forged, LabSigner(stranger), version=version)
+    refused_by(verification[1], "signature does not verify", "last_verification_failure")
+    for rel, data in real.items():
+        (device.tree / rel).write_bytes(data)
+    (device.tree / published.LATEST).write_bytes(real_latest)
+    recovers()
+
+    # A corrupted blob in the next release.
+    next_release()
+    data = (device.tree / published.release_path(device.latest().version)).read_bytes()
+    (blob_sha,) = [pin.sha256 for pin in release.parse(data).pins.values()]
+    blob = device.tree / published.blob_path(blob_sha)
+    good = blob.read_bytes()
+    blob.write_bytes(good.replace(b"static/web:", b"static/evil:"))
+    refused_by(verification[2], "changed after the release was signed", "last_verification_failure")
+    blob.write_bytes(good)
+    recovers()
+
+    # The applied release swapped under its own name: an equivocation.
+    applied_version = device.latest().version
+    real_latest = (device.tree / published.LATEST).read_bytes()
+    real = {
+        rel: (device.tree / rel).read_bytes()
+        for rel in (
+            published.release_path(applied_version),
+            published.bundle_path(applied_version),
+        )
+    }
+    doc = json.loads(real[published.release_path(applied_version)])
+    swapped = json.dumps({**doc, "expires": "2099-01-01T00:00:00Z"}).encode()
+    swap_release(device, swapped, lab_signer, version=applied_version)
+    refused_by(verification[3], "refusing an equivocation", "last_verification_failure")
+    for rel, data in real.items():
+        (device.tree / rel).write_bytes(data)
+    (device.tree / published.LATEST).write_bytes(real_latest)
+    next_release()
+    recovers()
+
+    # Hosts that fail the fetch: each a fetch error of the remote, the applied state kept.
+    latest = device.tree / published.LATEST
+
+    def garbage() -> None:
+        latest.write_bytes(b"<html>")
+
+    def http_503() -> None:
+        device.nginx.reload("location = /latest.json { return 503; }")
+
+    def fixed_nginx() -> None:
+        device.nginx.reload("")
+
+    def fronted(mode: str) -> Callable[[], None]:
+        return lambda: front.switch(mode)
+
+    redirected = "redirected (HTTP 302) to http://elsewhere.example/latest.json; not followed"
+    for words, attack, fix in [
+        ("latest.json: is not JSON", garbage, None),
+        ("latest.json: HTTP 503", http_503, fixed_nginx),
+        ("over the limit", fronted("endless"), fronted("pass")),
+        ("timed out after 3s", fronted("stall"), fronted("pass")),
+        (redirected, fronted("redirect"), fronted("pass")),
+    ]:
+        next_release()
+        kept = latest.read_bytes()
+        attack()
+        refused_by(fetch_errors, words, "last_error")
+        if fix is not None:
+            fix()
+        latest.write_bytes(kept)
+        recovers()
+
+    text = scrape(lab)
+    assert metric(text, 'reconciler_source_requests_total{result="error"}') == 5
+    assert all(metric(text, series) == 1 for series in verification)
