@@ -50,4 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(title="verbs", metavar="VERB")
     device_verbs.add_verbs(verbs)
     fleet_verbs.add_verbs(verbs)
+    # Device-local hold (SPEC 3.3 lists it last).
+    device_verbs.add_hold_verbs(verbs)
     return parser
