@@ -1,7 +1,8 @@
 """The signed release snapshot `.fleet/release.json` (SPEC 2.2): build, serialize, parse, check.
 
 Owns the file's shape and the pure rules around it: which manifest bytes a release pins, when an
-app's `since` carries over, version succession (rollback and equivocation refused) and expiry.
+app's `since` carries over, the signed rollout control of each app (`paused`, `abort`: SPEC 2.3),
+version succession (rollback and equivocation refused) and expiry.
 Pure: bytes and values in, values out. It must not read Git, verify signatures (the
 ReleaseVerifier port does, `adapters.sigstore_verifier`) or decide what runs where (`desired`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -33,7 +34,7 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # ASCII digits only
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TOP_KEYS = frozenset({"schema", "version", "created", "expires", "source_commit", "apps"})
-_APP_KEYS = frozenset({"sha256", "since", "images"})
+_APP_KEYS = frozenset({"sha256", "since", "images", "paused", "abort"})
 _MAX_TEXT = 1024  # source_commit and image refs: generous, but bounded in logs and state
 
 _Report = Callable[[str, str], None]  # (field, message) -> records a problem
@@ -41,12 +42,17 @@ _Report = Callable[[str, str], None]  # (field, message) -> records a problem
 
 @dataclass(frozen=True)
 class AppPin:
-    """One pinned manifest: its bytes' sha256, when this sha256 was first released, and the
-    image refs resolved at release time (container name -> ref, sorted; empty when unresolved)."""
+    """One pinned manifest: its bytes' sha256, when this sha256 was first released, the
+    image refs resolved at release time (container name -> ref, sorted; empty when unresolved)
+    and the rollout control carried from `.fleet/rollout.yaml` (SPEC 2.3): `paused` (devices not
+    yet on this revision keep what they run) and `abort` (a full revision of this app: devices
+    running it return to their previous revision and hold it back; others never take it)."""
 
     sha256: str
     since: datetime
     images: tuple[tuple[str, str], ...] = ()
+    paused: bool = False
+    abort: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,14 @@ def build(
     source_commit: str,
     expires_in: float = DEFAULT_EXPIRES_IN,
     images: Mapping[str, Mapping[str, str]] | None = None,
+    paused: Collection[str] = (),
+    abort: Mapping[str, str] | None = None,
 ) -> Release:
     """The next release pinning `files` (manifest path -> bytes).
 
-    Raises ReleaseError when a path, image ref or `source_commit` would make a file devices
-    refuse, so a bad release fails in CI and is never signed. `images` is keyed by path.
+    Raises ReleaseError when a path, image ref, abort revision or `source_commit` would make a
+    file devices refuse, so a bad release fails in CI and is never signed. `images`, `paused`
+    (the paused apps) and `abort` (path -> full revision to abort) are keyed by manifest path.
     """
     created = _utc(now).replace(microsecond=0)
     if expires_in < 1:
@@ -100,9 +109,14 @@ def build(
     # Whole seconds: the file has no fractions, and build -> serialize -> parse must round-trip.
     expires = created + timedelta(seconds=int(expires_in))
     images = images or {}
+    abort = abort or {}
     problems = _text_problems(source_commit, "source_commit")
     for path in sorted(set(images) - set(files)):
         problems.append(_problem(f"images[{_q(path)}]", "images given for a file not released"))
+    for path in sorted(set(paused) - set(files)):
+        problems.append(_problem(f"paused[{_q(path)}]", "paused given for a file not released"))
+    for path in sorted(set(abort) - set(files)):
+        problems.append(_problem(f"abort[{_q(path)}]", "abort given for a file not released"))
     apps = []
     old = previous.pins if previous else {}
     for path in sorted(files):
@@ -115,7 +129,17 @@ def build(
         before = old.get(path)
         # `since` marks when this exact manifest was first released: rollout waves count from it.
         since = before.since if before is not None and before.sha256 == sha else created
-        apps.append((path, AppPin(sha256=sha, since=since, images=pinned)))
+        aborted = abort.get(path)
+        if aborted is not None and not _SHA256.fullmatch(aborted):
+            problems.append(_problem(f"{field}.abort", _abort_message(aborted)))
+        apps.append(
+            (
+                path,
+                AppPin(
+                    sha256=sha, since=since, images=pinned, paused=path in paused, abort=aborted
+                ),
+            )
+        )
     if problems:
         raise errors.ReleaseError(problems)
     return Release(
@@ -134,6 +158,11 @@ def serialize(release: Release) -> bytes:
         entry: dict[str, Any] = {"sha256": pin.sha256, "since": utc_time(pin.since)}
         if pin.images:
             entry["images"] = dict(pin.images)
+        # Written only when set: a release without rollout control keeps its exact old bytes.
+        if pin.paused:
+            entry["paused"] = True
+        if pin.abort is not None:
+            entry["abort"] = pin.abort
         apps[path] = entry
     body = {
         "schema": SCHEMA,
@@ -335,9 +364,34 @@ def _pin_from(path: str, raw: object, bad: _Report) -> AppPin | None:
                     bad(p.field, p.message)
                 ok = ok and not found
                 images.append((container, raw_images[container]))
+    paused = raw.get("paused", False)
+    if paused is not True and "paused" in raw:
+        # Only `true` is ever written: one meaning, one spelling, in signed bytes.
+        bad(
+            f"{field}.paused",
+            f"expected true (omit the key when not paused), got {show_json_literal(paused)}",
+        )
+        ok = False
+    aborted = raw.get("abort")
+    if "abort" in raw and (not isinstance(aborted, str) or not _SHA256.fullmatch(aborted)):
+        bad(f"{field}.abort", _abort_message(aborted))
+        ok = False
     if not ok or since is None:
         return None
-    return AppPin(sha256=cast(str, sha), since=since, images=tuple(images))
+    return AppPin(
+        sha256=cast(str, sha),
+        since=since,
+        images=tuple(images),
+        paused=paused is True,
+        abort=cast("str | None", aborted),
+    )
+
+
+def _abort_message(value: object) -> str:
+    return (
+        "expected the full revision to abort (64 lower-case hex digits), "
+        f"got {show_json_literal(value)}"
+    )
 
 
 def _time(doc: Mapping[str, Any], key: str, field: str, bad: _Report) -> datetime | None:

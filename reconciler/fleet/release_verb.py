@@ -1,7 +1,8 @@
 """`release [REPO]` (SPEC 3.3): writes `.fleet/release.json`, the snapshot devices pin.
 
 Shell: builds the release with the pure `release.build` from HEAD's committed files (read through
-`checkout` exactly as devices read them) and writes it; refuses while manifests differ from HEAD
+`checkout` exactly as devices read them), carrying `.fleet/rollout.yaml`'s paused and aborted
+apps into their entries (`rollout_file`), and writes it; refuses while manifests differ from HEAD
 or anything is unreadable to a device. It never signs: `cli` then calls
 `signing.sign_written_release`. Returns (exit code, the bytes written).
 """
@@ -17,6 +18,7 @@ from typing import TextIO
 from reconciler.adapters import checkout
 from reconciler.core import manifests, release
 from reconciler.errors import Problem, ProblemsError
+from reconciler.fleet import rollout_file
 from reconciler.fleet.printing import print_problems, safe, utc_time
 
 # The files `release` writes (and devices read) besides the manifests.
@@ -57,8 +59,21 @@ def write_release(
         )
         return 2, None
     files, problems = snapshot.manifest_files()
-    problems += manifests.parse_many(files)[1]
-    problems += snapshot.transformed([*files, *FLEET_FILES])
+    apps, manifest_problems = manifests.parse_many(files)
+    problems += manifest_problems
+    controls = rollout_file.release_controls(snapshot, apps)
+    problems += controls.problems
+    control_file = [rollout_file.PATH] if snapshot.entry(rollout_file.PATH) else []
+    problems += snapshot.transformed([*files, *FLEET_FILES, *control_file])
+    for path in checkout.work_tree_changes(root, [rollout_file.PATH]):
+        problems.append(
+            Problem(
+                path,
+                "",
+                f"differs from HEAD {snapshot.commit[:12]} in the work tree (not committed); "
+                "a release carries committed rollout control only: commit it, then release",
+            )
+        )
     for path in checkout.work_tree_changes(root, [checkout.APPS_DIR]):
         if manifests.is_manifest_path(path):
             problems.append(
@@ -95,6 +110,8 @@ def write_release(
                 source_commit=snapshot.commit,
                 expires_in=expires_in,
                 images=images,
+                paused=controls.paused,
+                abort=controls.abort,
             )
         except ProblemsError as exc:
             problems += exc.problems
@@ -119,6 +136,11 @@ def write_release(
         f"expires {utc_time(built.expires)}, written to {release.RELEASE_PATH}",
         file=out,
     )
+    for path, pin in built.apps:
+        if pin.paused:
+            print(f"  {safe(path)}: paused (from {rollout_file.PATH})", file=out)
+        if pin.abort is not None:
+            print(f"  {safe(path)}: aborts revision {pin.abort[:12]}", file=out)
     return 0, data
 
 

@@ -1,7 +1,8 @@
 """`validate [REPO]` (SPEC 3.3): every problem of a fleet repo, as devices would meet it.
 
 Shell: reads HEAD's committed files through `checkout` (work-tree edits are named, not judged),
-parses them with the pure core (`manifests`, `inventory`, `release`) and prints one line per
+parses them with the pure core (`manifests`, `inventory`, `release`, and `.fleet/rollout.yaml`
+through `rollout_file`: names apps that exist, aborts a revision they had) and prints one line per
 problem, sorted by file for CI logs. Needs no engine and no network, so pull-request checks run
 it anywhere. Returns 0 valid, 1 invalid, 2 bad usage. Output goes to `out` (results) and `err`
 (warnings), resolved at call time so callers can capture them.
@@ -15,9 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from reconciler import model
 from reconciler.adapters import checkout, sigstore_verifier
-from reconciler.core import inventory, manifests, release
+from reconciler.core import inventory, manifests, release, rollout_control
 from reconciler.errors import Problem, ProblemsError
+from reconciler.fleet import rollout_file
 from reconciler.fleet.printing import print_problems, safe
 from reconciler.fleet.release_verb import FLEET_FILES
 
@@ -65,9 +68,13 @@ def validate(root: Path, *, out: TextIO | None = None, err: TextIO | None = None
         except ProblemsError as exc:
             problems += exc.problems
     if snapshot is not None:
+        problems += rollout_file.release_controls(snapshot, apps).problems
+    else:
+        problems += _work_tree_control_problems(root, apps)
+    if snapshot is not None:
         bundle = snapshot.problem(release.BUNDLE_PATH, limit=sigstore_verifier.MAX_BUNDLE_BYTES)
         problems += [bundle] if bundle is not None else []
-        read = [*files, *_present(snapshot, [INVENTORY_PATH, *FLEET_FILES])]
+        read = [*files, *_present(snapshot, [INVENTORY_PATH, rollout_file.PATH, *FLEET_FILES])]
         problems += snapshot.transformed(read)
     # Sorted by file (stable, so each file's problems keep their order) for reading in CI logs.
     problems = sorted(problems, key=lambda p: p.file)
@@ -90,8 +97,10 @@ def _warn_uncommitted(root: Path, snapshot: checkout.Snapshot, *, err: TextIO) -
     """Name the work-tree changes `validate` did not judge: devices read only commits."""
     changed = [
         path
-        for path in checkout.work_tree_changes(root, [checkout.APPS_DIR, INVENTORY_PATH])
-        if manifests.is_manifest_path(path) or path == INVENTORY_PATH
+        for path in checkout.work_tree_changes(
+            root, [checkout.APPS_DIR, INVENTORY_PATH, rollout_file.PATH]
+        )
+        if manifests.is_manifest_path(path) or path in (INVENTORY_PATH, rollout_file.PATH)
     ]
     if not changed:
         return
@@ -103,6 +112,21 @@ def _warn_uncommitted(root: Path, snapshot: checkout.Snapshot, *, err: TextIO) -
     )
     for line in checkout.lines_of(changed):
         print(f"  {safe(line)}", file=err)
+
+
+def _work_tree_control_problems(root: Path, apps: Iterable[model.AppManifest]) -> list[Problem]:
+    """Outside Git: the work tree's `.fleet/rollout.yaml` parsed, its app names checked (an
+    abort prefix cannot be resolved without history)."""
+    try:
+        controls = rollout_control.parse(checkout.read_optional(root, rollout_file.PATH))
+    except ProblemsError as exc:
+        return list(exc.problems)
+    names = {app.name for app in apps}
+    return [
+        Problem(rollout_file.PATH, f"apps.{name}", f'no app named "{name}" under apps/')
+        for name in controls
+        if name not in names
+    ]
 
 
 def _release_build_problems(files: Mapping[str, bytes]) -> list[Problem]:

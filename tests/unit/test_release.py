@@ -164,7 +164,21 @@ def releases(draw):
         if draw(st.booleans())
     }
     expires_in = draw(st.floats(min_value=1, max_value=400 * 86400))
-    return make(files, previous=previous, now=draw(moments), images=images, expires_in=expires_in)
+    paused = [path for path in files if draw(st.booleans())]
+    abort = {
+        path: draw(st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
+        for path in files
+        if draw(st.booleans())
+    }
+    return make(
+        files,
+        previous=previous,
+        now=draw(moments),
+        images=images,
+        expires_in=expires_in,
+        paused=paused,
+        abort=abort,
+    )
 
 
 @given(releases())
@@ -368,3 +382,74 @@ def test_a_time_before_year_1000_round_trips():
     data = release.serialize(built)
     assert b'"since": "0999-01-02T03:04:05Z"' in data
     assert release.parse(data) == built
+
+
+# --- rollout control: paused and abort (SPEC 2.3) -----------------------------------------
+
+ABORTED = "3f2a9c01b7e4" + "0" * 52
+
+
+def entry(**extra):
+    return {"sha256": SHA, "since": "2026-11-20T08:00:00Z", **extra}
+
+
+def test_build_carries_paused_and_abort_into_the_pins():
+    r = make({GW: b"a", KIOSK: b"b"}, paused={GW}, abort={KIOSK: ABORTED})
+    assert r.pins[GW].paused and r.pins[GW].abort is None
+    assert not r.pins[KIOSK].paused and r.pins[KIOSK].abort == ABORTED
+
+
+def test_serialize_writes_paused_and_abort_only_when_set():
+    body = json.loads(release.serialize(make({GW: b"a", KIOSK: b"b"}, paused=[GW])))
+    assert body["apps"][GW]["paused"] is True
+    assert body["apps"][KIOSK] == {"sha256": release.digest(b"b"), "since": "2026-11-23T10:00:00Z"}
+    body = json.loads(release.serialize(make({GW: b"a"}, abort={GW: ABORTED})))
+    assert body["apps"][GW]["abort"] == ABORTED
+    assert "paused" not in body["apps"][GW]
+
+
+def test_a_release_without_rollout_control_keeps_its_exact_bytes():
+    # Bytes written before paused/abort existed: parsing and writing them again changes nothing.
+    data = (
+        b'{\n  "apps": {\n    "apps/gw/app.yaml": {\n      "sha256": "' + SHA.encode() + b'",\n'
+        b'      "since": "2026-11-20T08:00:00Z"\n    }\n  },\n'
+        b'  "created": "2026-11-23T10:00:00Z",\n  "expires": "2027-02-21T10:00:00Z",\n'
+        b'  "schema": "reconciler/release/v1",\n  "source_commit": "' + COMMIT.encode() + b'",\n'
+        b'  "version": 42\n}\n'
+    )
+    assert release.serialize(release.parse(data)) == data
+
+
+def test_parse_reads_paused_and_abort():
+    r = release.parse(doc(apps={GW: entry(paused=True, abort=ABORTED)}))
+    assert r.pins[GW] == release.AppPin(
+        SHA, datetime(2026, 11, 20, 8, 0, 0, tzinfo=UTC), paused=True, abort=ABORTED
+    )
+
+
+@pytest.mark.parametrize("value", [False, 1, "true", None, [True]])
+def test_paused_must_be_true_when_present(value):
+    field = 'apps["apps/gw/app.yaml"].paused'
+    message = problems_of(doc(apps={GW: entry(paused=value)}))[field]
+    assert message.startswith("expected true (omit the key when not paused), got ")
+
+
+@pytest.mark.parametrize(
+    "value", ["3f2a9c01b7e4", ABORTED.upper(), ABORTED + "0", "g" * 64, 5, None, True, [ABORTED]]
+)
+def test_abort_must_be_a_full_revision(value):
+    field = 'apps["apps/gw/app.yaml"].abort'
+    message = problems_of(doc(apps={GW: entry(abort=value)}))[field]
+    assert message.startswith("expected the full revision to abort (64 lower-case hex digits)")
+
+
+def test_unknown_keys_next_to_rollout_control_are_still_refused():
+    problems = problems_of(doc(apps={GW: entry(paused=True, pause=True)}))
+    assert problems == {'apps["apps/gw/app.yaml"].pause': "unknown key"}
+
+
+def test_build_refuses_rollout_control_it_could_not_sign_correctly():
+    with pytest.raises(errors.ReleaseError) as caught:
+        make({GW: b"a"}, paused=[KIOSK], abort={GW: "3f2a9c01b7e4"})
+    fields = {p.field for p in caught.value.problems}
+    assert fields == {'paused["apps/kiosk/app.yaml"]', 'apps["apps/gw/app.yaml"].abort'}
