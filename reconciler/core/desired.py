@@ -107,13 +107,13 @@ def decide(
                     manifest.name, manifest.path, "run", "revision applied", manifest, images
                 )
             )
-        elif held_back.get(manifest.name) == manifest.revision:
-            decisions.append(
-                keep(f"revision {manifest.revision[:12]} is held back after a failed apply", None)
-            )
         elif aborted == manifest.revision:
             decisions.append(
                 keep(f"revision {manifest.revision[:12]} is aborted by the release", "aborted")
+            )
+        elif held_back.get(manifest.name) == manifest.revision:
+            decisions.append(
+                keep(f"revision {manifest.revision[:12]} is held back after a failed apply", None)
             )
         elif manifest.path in paused:
             decisions.append(keep("its rollout is paused by the release", "paused"))

@@ -139,20 +139,26 @@ def select(
                 )
             if decision.app in applied and (found := rebuild(applied[decision.app])):
                 targets.append(found)
-        elif decision.decision == "revert":
-            back = rebuild(previous[decision.app])
-            if back is None:  # its manifest is gone from state_dir: stay, say why
+        elif decision.decision in ("revert", "remove"):
+            running = applied[decision.app]
+            if decision.manifest.revision == running.revision:
+                # The newest revision is the aborted one: it waits for good.
+                waiting.append(
+                    state.Waiting(decision.app, running.revision, "aborted", decision.reason)
+                )
+            back = rebuild(previous[decision.app]) if decision.decision == "revert" else None
+            if decision.decision == "revert" and back is None:
+                # Its previous manifest is gone from state_dir: stay, and say why.
                 kept[decision.app] = f"{decision.reason}, but its manifest is not kept here"
-                if found := rebuild(applied[decision.app]):
+                if found := rebuild(running):
                     targets.append(found)
                 continue
             kept[decision.app] = decision.reason
-            targets.append(back)
-            aborted[decision.app] = applied[decision.app].revision
-        elif decision.decision == "remove":
-            kept[decision.app] = decision.reason
-            removed.add(decision.app)
-            aborted[decision.app] = applied[decision.app].revision
+            aborted[decision.app] = running.revision
+            if back is not None:
+                targets.append(back)
+            else:
+                removed.add(decision.app)
     # An app whose new manifest is invalid or forbidden keeps running what it ran.
     decided = {d.app for d in decisions}
     for name, app in applied.items():
