@@ -195,8 +195,8 @@ def _work_tree_controls(
     try:
         data = checkout.read_optional(root, rollout_file.PATH)
     except ProblemsError as exc:  # a link or a directory: as with release.json, plan without it
-        for problem in exc.problems:
-            print(f"plan: warning: {problem}; planned without it", file=err)
+        for unreadable in exc.problems:
+            print(f"plan: warning: {unreadable}; planned without it", file=err)
         data = None
     try:
         controls = rollout_control.parse(data)
@@ -214,9 +214,9 @@ def _work_tree_controls(
         if control.paused:
             paused.add(app.path)
         if control.abort is not None:
-            full, problem = rollout_file.resolve(root, app, control.abort)
-            if problem is not None:
-                problems.append(Problem(rollout_file.PATH, f"apps.{name}.abort", problem))
+            full, why = rollout_file.resolve(root, app, control.abort)
+            if why is not None:
+                problems.append(Problem(rollout_file.PATH, f"apps.{name}.abort", why))
             else:
                 aborts[app.path] = full
     return paused, aborts, problems
