@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.core import _checks
@@ -209,7 +209,22 @@ def from_json(data: bytes, *, file: str = STATE_FILE) -> DeviceState:
     )
     if reader.problems:
         raise StateError(reader.problems)
+    if version == 1:
+        state = replace(state, app_previous=_history_of_v1(state))
     return state
+
+
+def _history_of_v1(state: DeviceState) -> tuple[AppliedApp, ...]:
+    """Per-app previous revisions a schema 1 file implies: the apps whose revision changed in
+    the last applied change (its `previous_apps`), so an abort right after an upgrade still
+    finds where to return."""
+    running = {a.name: a.revision for a in state.apps}
+    return tuple(
+        sorted(
+            (a for a in state.previous_apps if running.get(a.name) not in (None, a.revision)),
+            key=lambda a: a.name,
+        )
+    )
 
 
 _STATE_KEYS_V1 = frozenset(

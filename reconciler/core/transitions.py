@@ -102,9 +102,11 @@ def app_history(current: DeviceState, to_apps: Sequence[AppliedApp]) -> tuple[Ap
     for app in to_apps:
         old = before.get(app.name)
         kept = history.get(app.name)
-        if old is not None and old.revision != app.revision:
+        if old is None or (kept is not None and kept.revision == app.revision):
+            continue  # a new app has no history; a return to the previous one uses it up
+        if old.revision != app.revision:
             result[app.name] = old
-        elif old is not None and kept is not None and kept.revision != app.revision:
+        elif kept is not None:
             result[app.name] = kept
     return tuple(result[name] for name in sorted(result))
 

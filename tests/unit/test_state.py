@@ -135,6 +135,19 @@ def test_a_schema_1_state_file_reads_with_no_per_app_history_and_is_written_as_2
         state.from_json(json.dumps({**old, "waiting": []}).encode())
 
 
+def test_a_schema_1_file_implies_each_changed_apps_previous_revision() -> None:
+    def app(name: str, rev: str) -> dict[str, object]:
+        return {"name": name, "path": f"apps/{name}/app.yaml", "revision": rev, "images": []}
+
+    old = {
+        "schema_version": 1,
+        "apps": [app("gw", "b" * 64), app("db", "c" * 64), app("new", "e" * 64)],
+        "previous_apps": [app("gw", "a" * 64), app("db", "c" * 64), app("gone", "d" * 64)],
+    }
+    loaded = state.from_json(json.dumps(old).encode())
+    assert [(a.name, a.revision) for a in loaded.app_previous] == [("gw", "a" * 64)]
+
+
 def test_a_pending_revision_of_an_unknown_kind_is_refused() -> None:
     doc = json.loads(state.to_json(DeviceState()))
     doc["waiting"] = [{"app": "gw", "revision": REVISION, "kind": "later", "reason": "?"}]
