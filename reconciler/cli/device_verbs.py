@@ -1,4 +1,4 @@
-"""The device verbs: `run`, `once`, `status`, `sync`, `rollback` (SPEC 3.3).
+"""The device verbs: `run`, `once`, `status`, `sync`, `rollback`, `hold`, `unhold` (SPEC 3.3).
 
 Each loads the device config, then hands over to `device/` (the daemon, one cycle, the state
 store) and turns the outcome into an exit code; `status` reads state and the engine without the
@@ -48,7 +48,8 @@ def add_verbs(verbs: Verbs) -> None:
         verbs,
         "status",
         help_text="Show the applied release and commit, apps and their containers, held-back "
-        "revisions, last fetch and last error.",
+        "revisions, pending revisions and why (wave, window, hold, paused, aborted), the local "
+        "hold and maintenance windows, last fetch and last error.",
         example="reconciler status --json | jq .apps",
         handler=_status,
     )
