@@ -13,6 +13,7 @@ Decisions beyond SPEC 2.1, each turning a fleet-wide failure at apply time into 
   body must not roll an app out to the whole fleet; `{}` selects every device on purpose.
 - `rollout.waves`: the last wave must reach 100 percent, else the rollout never completes (to hold
   one, give the last wave a later `after`); percents never decrease, `after`s strictly increase.
+  `rollout.urgent` (a boolean, default false) may stand alone; an empty `rollout: {}` is refused.
 - An unquoted port mapping like `22:22` is a YAML base-60 integer: rejected with a hint to quote.
 - `ports` with `network_mode: host` are rejected (Docker ignores them); an http/tcp health port
   must be a tcp host port the container publishes, unless it uses the host network.
