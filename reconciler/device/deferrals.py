@@ -85,3 +85,24 @@ def deferral(
     in_window = plan is None or plan.in_window(now)
     found = maintenance.deferral(now, schedule=plan, hold=view.hold, hold_error=view.error)
     return found, view, in_window
+
+
+def next_change(
+    device_settings: DeviceSettings, store: state_store.StateStore, now: datetime
+) -> datetime | None:
+    """When a deferral in force now ends by itself: the end of a timed hold (or the window
+    opening after it), or the next window opening. None when nothing defers, or when only
+    `reconciler unhold` ends it (it wakes the daemon itself). The daemon wakes then, so a
+    window shorter than the poll interval is not slept through."""
+    view = read_hold(store, now)
+    plan = schedule(device_settings)
+    if view.error is not None or (
+        view.active and view.hold is not None and view.hold.until is None
+    ):
+        return None
+    start = now
+    if view.active and view.hold is not None and view.hold.until is not None:
+        start = view.hold.until
+    elif plan is None or plan.in_window(now):
+        return None
+    return start if plan is None else plan.next_open(start)

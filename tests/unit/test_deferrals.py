@@ -49,3 +49,43 @@ def test_a_copied_localtime_keeps_its_rules(tmp_path: Path):
 
 def test_no_zone_anywhere_is_utc(tmp_path: Path):
     assert local_zone({}, tmp_path / "missing") is UTC
+
+
+# --- when the daemon wakes for a deferral that ends by itself ----------------------------------
+
+
+def settings_with(extra: str, state_dir: Path):
+    from reconciler.core import settings
+
+    text = f"source: {{url: /srv/fleet}}\ntrust: {{allow_unsigned: true}}\nstate_dir: {state_dir}\n"
+    return settings.load((text + extra).encode(), file="c.yaml", env={}, hostname="dev")
+
+
+WINDOW = 'maintenance: {windows: ["Mon-Fri 02:00-03:00"], timezone: UTC}\n'
+
+
+def test_the_daemon_wakes_when_the_window_opens_or_a_timed_hold_ends(tmp_path: Path):
+    from datetime import datetime, timedelta
+
+    from reconciler.core.maintenance import Hold
+    from reconciler.device.deferrals import next_change
+    from reconciler.device.state_store import StateStore
+
+    store = StateStore(tmp_path / "state")
+    windowed = settings_with(WINDOW, store.state_dir)
+    anytime = settings_with("", store.state_dir)
+    thursday_noon = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    friday_0200 = datetime(2026, 1, 2, 2, tzinfo=UTC)
+
+    assert next_change(windowed, store, thursday_noon) == friday_0200
+    assert next_change(windowed, store, friday_0200) is None  # open: nothing to wait for
+    assert next_change(anytime, store, thursday_noon) is None
+
+    store.save_hold(Hold(since=thursday_noon, until=thursday_noon + timedelta(hours=1)))
+    assert next_change(anytime, store, thursday_noon) == thursday_noon + timedelta(hours=1)
+    # A hold ending outside the window: the window opening after it.
+    assert next_change(windowed, store, thursday_noon) == friday_0200
+    store.save_hold(Hold(since=thursday_noon))
+    assert next_change(anytime, store, thursday_noon) is None  # only unhold ends it
+    store.hold_path.write_text("{damaged")
+    assert next_change(windowed, store, thursday_noon) is None
