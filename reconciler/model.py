@@ -135,6 +135,7 @@ class AppManifest:
     selector: Selector
     containers: tuple[ContainerSpec, ...]
     waves: tuple[Wave, ...] = ()
+    urgent: bool = False  # spec.rollout.urgent: new revisions ignore maintenance windows, holds
 
 
 @dataclass(frozen=True)

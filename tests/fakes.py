@@ -118,10 +118,14 @@ class FleetSimulator:
         expires_in: float = 30 * 86400,
         images: Mapping[str, Mapping[str, str]] | None = None,
         version: int | None = None,
+        paused: Sequence[str] = (),
+        abort: Mapping[str, str] | None = None,
     ) -> str:
         """What `reconciler release` does: commit the app manifests (app name -> bytes, None
         deletes), then pin every manifest of that commit in the next release and commit it.
-        `images` is keyed by app name; `version` overrides the next version (to forge one)."""
+        `images` is keyed by app name; `version` overrides the next version (to forge one);
+        `paused` (app names) and `abort` (app name -> full revision) are the rollout control
+        `.fleet/rollout.yaml` carries into the release."""
         source = self.publish({manifest_path(a): data for a, data in apps.items()}, message)
         tree = self._trees[source]
         files = {p: e.data for p, e in tree.items() if manifests.is_manifest_path(p)}
@@ -134,6 +138,8 @@ class FleetSimulator:
             source_commit=source,
             expires_in=expires_in,
             images={manifest_path(a): refs for a, refs in (images or {}).items()},
+            paused=[manifest_path(a) for a in paused],
+            abort={manifest_path(a): r for a, r in (abort or {}).items()},
         )
         if version is not None:
             built = replace(built, version=version)

@@ -52,4 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_verbs.add_verbs(verbs)
     # The rollout loop (SPEC 2.3, 3.3): fleet-status and rollout pause|resume|abort|gate.
     fleet_verbs.add_rollout_verbs(verbs)
+    # Device-local hold (SPEC 3.3 lists it last).
+    device_verbs.add_hold_verbs(verbs)
     return parser

@@ -1,4 +1,4 @@
-"""The device verbs: `run`, `once`, `status`, `sync`, `rollback` (SPEC 3.3).
+"""The device verbs: `run`, `once`, `status`, `sync`, `rollback`, `hold`, `unhold` (SPEC 3.3).
 
 Each loads the device config, then hands over to `device/` (the daemon, one cycle, the state
 store) and turns the outcome into an exit code; `status` reads state and the engine without the
@@ -24,6 +24,7 @@ from reconciler.cli.common import (
 if TYPE_CHECKING:
     from reconciler.core.settings import DeviceSettings
     from reconciler.device.cycle import CycleOutcome, Reconciler
+    from reconciler.device.state_store import StateStore
 
 
 def add_verbs(verbs: Verbs) -> None:
@@ -47,7 +48,8 @@ def add_verbs(verbs: Verbs) -> None:
         verbs,
         "status",
         help_text="Show the applied release and commit, apps and their containers, held-back "
-        "revisions, last fetch and last error.",
+        "revisions, pending revisions and why (wave, window, hold, paused, aborted), the local "
+        "hold and maintenance windows, last fetch and last error.",
         example="reconciler status --json | jq .apps",
         handler=_status,
     )
@@ -170,6 +172,7 @@ def _status(args: argparse.Namespace) -> int:
         seconds = metrics.read_last_fetch(ds.metrics.listen)
         if seconds is not None:
             fetched = text.utc_time(datetime.fromtimestamp(seconds, UTC))
+    hold_doc, window_doc = _deferral_docs(ds, state_store.StateStore(ds.state_dir))
     doc = status.report(
         saved,
         device=ds.device.name,
@@ -180,12 +183,50 @@ def _status(args: argparse.Namespace) -> int:
         state_dir_error=state_store.write_problem(ds.state_dir),
         fetched_by_daemon=fetched,
         config_error=config_error,
+        hold=hold_doc,
+        maintenance=window_doc,
     )
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print("\n".join(status.render(doc)))
     return EXIT_OK
+
+
+def _deferral_docs(
+    ds: DeviceSettings, store: StateStore
+) -> tuple[dict[str, object] | None, dict[str, object] | None]:
+    """The local hold and the maintenance windows as `status` shows them, now."""
+    from datetime import UTC, datetime
+
+    from reconciler import text
+    from reconciler.device import deferrals
+
+    now = datetime.now(UTC)
+    view = deferrals.read_hold(store, now)
+    hold_doc: dict[str, object] | None = None
+    if view.error:
+        hold_doc = {"active": True, "since": None, "until": None, "reason": "", "error": view.error}
+    elif view.hold is not None:
+        until = view.hold.until
+        hold_doc = {
+            "active": view.active,
+            "since": text.utc_time(view.hold.since),
+            "until": None if until is None else text.utc_time(until),
+            "reason": view.hold.reason,
+            "error": None,
+        }
+    plan = deferrals.schedule(ds)
+    if plan is None:
+        return hold_doc, None
+    opens = plan.next_open(now)
+    window_doc: dict[str, object] = {
+        "windows": [w.text for w in plan.windows],
+        "timezone": getattr(plan.zone, "key", None) or str(plan.zone),
+        "in_window": plan.in_window(now),
+        "next_open": None if opens is None else text.utc_time(opens),
+    }
+    return hold_doc, window_doc
 
 
 def _status_settings(args: argparse.Namespace) -> tuple[DeviceSettings, str | None] | int:
@@ -255,3 +296,103 @@ def _sync(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print("sync: asked the daemon to cycle now")
     return EXIT_OK
+
+
+# --- the local hold (SPEC 3.1, 3.3) ----------------------------------------------------------
+
+
+def add_hold_verbs(verbs: Verbs) -> None:
+    """`hold` and `unhold`: listed after the fleet verbs, as SPEC 3.3 does."""
+    hold = add_verb(
+        verbs,
+        "hold",
+        help_text="Hold new revisions on this device (a kiosk during opening hours, a gateway "
+        "during a shift) until 'reconciler unhold' or for a while; drift correction, rollbacks, "
+        "aborts and removals go on. Kept in state_dir across restarts.",
+        example='reconciler hold --for 8h --reason "night shift"',
+        handler=_hold,
+    )
+    hold.add_argument(
+        "--for",
+        dest="duration",
+        metavar="D",
+        help="end the hold by itself after this long (e.g. 30m, 8h, 2d); default: until unhold",
+    )
+    hold.add_argument("--reason", default="", metavar="T", help="shown by status")
+    unhold = add_verb(
+        verbs,
+        "unhold",
+        help_text="End the local hold: new revisions are taken again (within the maintenance "
+        "windows).",
+        example="reconciler unhold",
+        handler=_unhold,
+    )
+    for parser in (hold, unhold):
+        parser.add_argument(
+            "--config",
+            help="device config (default: $RECONCILER_CONFIG, then /etc/reconciler/config.yaml)",
+        )
+
+
+def _hold(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from reconciler import text
+    from reconciler.cli.common import EXIT_CONFIG
+    from reconciler.core import durations, maintenance
+    from reconciler.device import state_store
+
+    loaded = load_device_settings(args, "hold")
+    if isinstance(loaded, int):
+        return loaded
+    until = None
+    now = datetime.now(UTC).replace(microsecond=0)
+    if args.duration is not None:
+        try:
+            seconds = durations.parse_duration(args.duration)
+        except ValueError as exc:
+            print(f"hold: --for: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if seconds < 1:
+            print("hold: --for: must be at least 1s", file=sys.stderr)
+            return EXIT_CONFIG
+        until = now + timedelta(seconds=seconds)
+    reason = text.one_line(args.reason, maintenance.MAX_REASON)
+    store = state_store.StateStore(loaded[1].state_dir)
+    hold = maintenance.Hold(since=now, until=until, reason=reason)
+    try:
+        store.save_hold(hold)
+    except OSError as exc:
+        print(f"hold: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"hold: new revisions wait on this device ({hold.describe()}); end it with unhold")
+    _wake_daemon(loaded[1].state_dir)
+    return EXIT_OK
+
+
+def _unhold(args: argparse.Namespace) -> int:
+    from reconciler.device import state_store
+
+    loaded = load_device_settings(args, "unhold")
+    if isinstance(loaded, int):
+        return loaded
+    try:
+        removed = state_store.StateStore(loaded[1].state_dir).clear_hold()
+    except OSError as exc:
+        print(f"unhold: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not removed:
+        print("unhold: no hold was set")
+        return EXIT_OK
+    print("unhold: hold ended; new revisions are taken again within the maintenance windows")
+    _wake_daemon(loaded[1].state_dir)
+    return EXIT_OK
+
+
+def _wake_daemon(state_dir: str) -> None:
+    """A running daemon sees the hold at its next cycle; asking it to cycle now makes that
+    immediate (and status shows it at once). No daemon: nothing to wake."""
+    from reconciler.device import control
+
+    if control.running_pid(state_dir) is not None:
+        control.send_sync(state_dir)

@@ -13,6 +13,7 @@ Decisions beyond SPEC 2.1, each turning a fleet-wide failure at apply time into 
   body must not roll an app out to the whole fleet; `{}` selects every device on purpose.
 - `rollout.waves`: the last wave must reach 100 percent, else the rollout never completes (to hold
   one, give the last wave a later `after`); percents never decrease, `after`s strictly increase.
+  `rollout.urgent` (a boolean, default false) may stand alone; an empty `rollout: {}` is refused.
 - An unquoted port mapping like `22:22` is a YAML base-60 integer: rejected with a hint to quote.
 - `ports` with `network_mode: host` are rejected (Docker ignores them); an http/tcp health port
   must be a tcp host port the container publishes, unless it uses the host network.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Mapping
+from typing import Any
 
 from reconciler import errors, model
 from reconciler.core import _checks, durations, labels, manifest_fields, safe_yaml
@@ -101,7 +103,9 @@ def _app(r: _checks.Report, doc: object, *, path: str, revision: str) -> model.A
     if spec is None:
         return None
     selector = _selector(r, "spec.selector", spec["selector"]) if "selector" in spec else None
-    waves = _rollout(r, "spec.rollout", spec["rollout"]) if "rollout" in spec else ()
+    waves, urgent = (
+        _rollout(r, "spec.rollout", spec["rollout"]) if "rollout" in spec else ((), False)
+    )
     containers = _containers(r, "spec.containers", spec.get("containers", []))
     if r.problems or selector is None:
         return None
@@ -112,6 +116,7 @@ def _app(r: _checks.Report, doc: object, *, path: str, revision: str) -> model.A
         selector=selector,
         containers=containers,
         waves=waves,
+        urgent=urgent,
     )
 
 
@@ -154,10 +159,22 @@ def _requirement(r: _checks.Report, where: str, value: object) -> model.Requirem
     return model.Requirement(key=key, operator=operator, values=tuple(values or ()))
 
 
-def _rollout(r: _checks.Report, where: str, value: object) -> tuple[model.Wave, ...]:
-    body = r.fields(where, value, allowed=("waves",), required=("waves",))
-    if body is None or "waves" not in body:
-        return ()
+def _rollout(r: _checks.Report, where: str, value: object) -> tuple[tuple[model.Wave, ...], bool]:
+    """(waves, urgent): `waves` staged over time, `urgent` past maintenance windows and holds;
+    either may be left out, not both (an empty rollout is a mistake worth naming)."""
+    body = r.fields(where, value, allowed=("waves", "urgent"))
+    if body is None:
+        return (), False
+    if not body:
+        r.add(where, "expected waves, urgent or both; omit rollout to update every device at once")
+        return (), False
+    urgent = _checks.flag(r, f"{where}.urgent", body["urgent"]) if "urgent" in body else False
+    if "waves" not in body:
+        return (), bool(urgent)
+    return _waves(r, where, body), bool(urgent)
+
+
+def _waves(r: _checks.Report, where: str, body: dict[str, Any]) -> tuple[model.Wave, ...]:
     empty = "expected at least one wave; omit rollout to update every device at once"
     items = r.entries(f"{where}.waves", body["waves"], empty=empty)
     waves: list[tuple[str, model.Wave]] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import errors, model, text
-from reconciler.core import _checks, labels, safe_yaml, urls
+from reconciler.core import _checks, labels, maintenance, safe_yaml, urls
 
 DEFAULT_CONFIG_PATH = "/etc/reconciler/config.yaml"
 CONFIG_ENV = "RECONCILER_CONFIG"
@@ -147,6 +147,19 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """`maintenance`: when new revisions may be applied (SPEC 3.1).
+
+    `windows`: parsed weekly windows ("Mon-Fri 01:00-05:00"); default none = any time.
+    `timezone`: the IANA zone the windows are written in; default None = the device's local
+    time zone (the device resolves it at start, `device.wiring.local_zone`).
+    """
+
+    windows: tuple[maintenance.Window, ...] = ()
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
 class DeviceSettings:
     """The whole device config. `state_dir`: where state lives; default `/var/lib/reconciler`."""
 
@@ -158,6 +171,7 @@ class DeviceSettings:
     policy: model.DevicePolicy = field(default_factory=model.DevicePolicy)
     state_dir: str = DEFAULT_STATE_DIR
     metrics: MetricsConfig = MetricsConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @property
     def labels(self) -> dict[str, str]:
@@ -238,6 +252,7 @@ def load(data: bytes, *, file: str, env: Mapping[str, str], hostname: str) -> De
         policy=model.DevicePolicy(**found["policy"]),
         state_dir=state_dir or DEFAULT_STATE_DIR,
         metrics=MetricsConfig(**found["metrics"]),
+        maintenance=MaintenanceConfig(**found["maintenance"]),
     )
 
 
@@ -368,6 +383,22 @@ def _command(r: _checks.Report, where: str, value: Any) -> tuple[str, ...] | Non
     return tuple(argv)
 
 
+def _window(r: _checks.Report, where: str, value: Any) -> maintenance.Window | None:
+    text = _checks.nonblank(r, where, value)
+    if text is None:
+        return None
+    try:
+        return maintenance.parse_window(text)
+    except ValueError as exc:
+        r.add(where, str(exc))
+        return None
+
+
+def _windows(r: _checks.Report, where: str, value: Any) -> tuple[maintenance.Window, ...] | None:
+    found = _checks.list_of(_window)(r, where, value)
+    return None if found is None else tuple(w for w in found if w is not None)
+
+
 def _split_listen(text: str) -> tuple[str, int] | None:
     match = _LISTEN.fullmatch(text)
     if match is None or not 1 <= int(match["port"]) <= 65535:
@@ -415,5 +446,9 @@ _SCHEMA: dict[str, dict[str, _checks.Check]] = {
     "metrics": {
         "listen": _checks.rule(_checks.string, _listen_error),
         "pushgateway": _checks.string,
+    },
+    "maintenance": {
+        "windows": _windows,
+        "timezone": _checks.rule(_checks.nonblank, maintenance.zone_problem),
     },
 }

@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.core import _checks
 from reconciler.errors import Problem, ProblemsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1 files (before per-app previous revisions and pending revisions) read as schema 2
+# with those empty; they are written back as 2 on the next save.
+READABLE_VERSIONS = (1, 2)
+WAITING_KINDS = ("wave", "window", "hold", "paused", "aborted")
 STATE_FILE = "state.json"
 MANIFESTS_DIR = "manifests"
 REVISION = re.compile(r"[0-9a-f]{64}")
@@ -53,6 +57,18 @@ class HeldBack:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A release revision this device does not take yet, and why: `kind` is one of
+    WAITING_KINDS (wave, window, hold: it will come; paused: until the fleet resumes it;
+    aborted: never), `reason` a sentence for `status`."""
+
+    app: str
+    revision: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Transaction:
     """A change in flight: saved before the engine is touched, cleared once it is decided."""
 
@@ -75,6 +91,10 @@ class DeviceState:
     apps: tuple[AppliedApp, ...] = ()
     previous_apps: tuple[AppliedApp, ...] = ()  # last good state before `apps`, for rollback
     held_back: tuple[HeldBack, ...] = ()
+    # Per app, the revision it ran before its current one (kept with its manifest): where an
+    # `abort` of the current revision returns it, whatever other apps did since.
+    app_previous: tuple[AppliedApp, ...] = ()
+    waiting: tuple[Waiting, ...] = ()  # release revisions not taken yet, for `status`
     pending: Transaction | None = None
     last_fetch: str | None = None
     last_fetch_commit: str | None = None
@@ -96,6 +116,8 @@ def to_json(state: DeviceState) -> bytes:
         "apps": [_app_doc(a) for a in state.apps],
         "previous_apps": [_app_doc(a) for a in state.previous_apps],
         "held_back": [held_back_doc(h) for h in state.held_back],
+        "app_previous": [_app_doc(a) for a in state.app_previous],
+        "waiting": [waiting_doc(w) for w in state.waiting],
         "pending": None if state.pending is None else _transaction_doc(state.pending),
         "last_fetch": state.last_fetch,
         "last_fetch_commit": state.last_fetch_commit,
@@ -113,6 +135,16 @@ def held_back_doc(held: HeldBack) -> dict[str, Any]:
         "reason": held.reason,
         "release_version": held.release_version,
         "at": held.at,
+    }
+
+
+def waiting_doc(waiting: Waiting) -> dict[str, Any]:
+    """A pending revision as state.json and `reconciler status --json` both write it."""
+    return {
+        "app": waiting.app,
+        "revision": waiting.revision,
+        "kind": waiting.kind,
+        "reason": waiting.reason,
     }
 
 
@@ -145,11 +177,12 @@ def from_json(data: bytes, *, file: str = STATE_FILE) -> DeviceState:
     if not isinstance(doc, dict):
         raise StateError([Problem(file, "", f"expected an object, got {_checks.show_kind(doc)}")])
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        message = f"unknown schema version {version!r}; this build reads {SCHEMA_VERSION}"
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        message = f"unknown schema version {version!r}; this build reads {readable}"
         raise StateError([Problem(file, "schema_version", message)])
     reader = _Reader(file)
-    reader.unknown(doc, "", _STATE_KEYS)
+    reader.unknown(doc, "", _STATE_KEYS if version == SCHEMA_VERSION else _STATE_KEYS_V1)
     pending_doc = doc.get("pending")
     state = DeviceState(
         schema_version=SCHEMA_VERSION,
@@ -163,6 +196,11 @@ def from_json(data: bytes, *, file: str = STATE_FILE) -> DeviceState:
             reader.held_back(item, f"held_back[{i}]")
             for i, item in enumerate(reader.items(doc, "", "held_back"))
         ),
+        app_previous=reader.apps(doc, "", "app_previous"),
+        waiting=tuple(
+            reader.waiting(item, f"waiting[{i}]")
+            for i, item in enumerate(reader.items(doc, "", "waiting"))
+        ),
         pending=None if pending_doc is None else reader.transaction(pending_doc, "pending"),
         last_fetch=reader.optional_str(doc, "", "last_fetch"),
         last_fetch_commit=reader.optional_str(doc, "", "last_fetch_commit"),
@@ -171,10 +209,25 @@ def from_json(data: bytes, *, file: str = STATE_FILE) -> DeviceState:
     )
     if reader.problems:
         raise StateError(reader.problems)
+    if version == 1:
+        state = replace(state, app_previous=_history_of_v1(state))
     return state
 
 
-_STATE_KEYS = frozenset(
+def _history_of_v1(state: DeviceState) -> tuple[AppliedApp, ...]:
+    """Per-app previous revisions a schema 1 file implies: the apps whose revision changed in
+    the last applied change (its `previous_apps`), so an abort right after an upgrade still
+    finds where to return."""
+    running = {a.name: a.revision for a in state.apps}
+    return tuple(
+        sorted(
+            (a for a in state.previous_apps if running.get(a.name) not in (None, a.revision)),
+            key=lambda a: a.name,
+        )
+    )
+
+
+_STATE_KEYS_V1 = frozenset(
     {
         "schema_version",
         "release_version",
@@ -191,6 +244,8 @@ _STATE_KEYS = frozenset(
         "last_verification_failure",
     }
 )
+_STATE_KEYS = _STATE_KEYS_V1 | {"app_previous", "waiting"}
+_WAITING_KEYS = frozenset({"app", "revision", "kind", "reason"})
 _APP_KEYS = frozenset({"name", "path", "revision", "images"})
 _HELD_KEYS = frozenset({"app", "revision", "reason", "release_version", "at"})
 _TX_KEYS = frozenset({"from_apps", "to_apps", "release_version", "commit", "started_at"})
@@ -283,6 +338,18 @@ class _Reader:
             release_version=self.required_int(doc, where, "release_version"),
             at=self.required_str(doc, where, "at"),
         )
+
+    def waiting(self, value: Any, where: str) -> Waiting:
+        doc = self.obj(value, where, _WAITING_KEYS) or {}
+        found = Waiting(
+            app=self.required_str(doc, where, "app"),
+            revision=self.required_str(doc, where, "revision"),
+            kind=self.required_str(doc, where, "kind"),
+            reason=self.required_str(doc, where, "reason"),
+        )
+        if doc and found.kind not in WAITING_KINDS:
+            self.report.add(f"{where}.kind", f"expected one of {', '.join(WAITING_KINDS)}")
+        return found
 
     def transaction(self, value: Any, where: str) -> Transaction:
         doc = self.obj(value, where, _TX_KEYS) or {}

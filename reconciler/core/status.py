@@ -35,13 +35,18 @@ def report(
     state_dir_error: str | None = None,
     fetched_by_daemon: str | None = None,
     config_error: str | None = None,
+    hold: dict[str, Any] | None = None,
+    maintenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status document; `observed`/`volumes` are None when the engine could not be asked.
 
     `state_dir_error`: why state_dir cannot be written now (full, read-only); it is the last
     error then, as nothing newer could be saved. `fetched_by_daemon`: the running daemon's last
     successful fetch (ISO 8601 UTC), None when no daemon answered. `config_error`: why the
-    config or a labels.d file cannot be loaded now.
+    config or a labels.d file cannot be loaded now. `hold`: the local hold
+    (`{"active", "since", "until", "reason", "error"}`, None when there is none);
+    `maintenance`: the windows (`{"windows", "timezone", "in_window", "next_open"}`, None when
+    none are configured: any time).
     """
     by_app: dict[str, list[model.ObservedContainer]] = {}
     for container in observed or ():
@@ -93,6 +98,9 @@ def report(
         "apps": apps,
         "previous_apps": [{"name": a.name, "revision": a.revision} for a in saved.previous_apps],
         "held_back": [state.held_back_doc(h) for h in saved.held_back],
+        "pending_revisions": [state.waiting_doc(w) for w in saved.waiting],
+        "hold": hold,
+        "maintenance": maintenance,
         # Managed containers of apps not in the applied state (e.g. pruned by the next cycle).
         "other_containers": [
             {"app": c.app, "name": c.container, "state": c.status}
@@ -158,11 +166,42 @@ def render(doc: dict[str, Any]) -> list[str]:
                 f"  {h['app']} revision {_short(h['revision'])} since {h['at']} "
                 f"(release {h['release_version']}): {h['reason']}"
             )
+    lines.extend(_deferral_lines(doc))
     if doc["volumes"]:
         lines.append(
             "volumes (kept across updates and removals; delete by hand with docker volume rm): "
             + ", ".join(doc["volumes"])
         )
+    return lines
+
+
+def _deferral_lines(doc: dict[str, Any]) -> list[str]:
+    """The hold, the windows and the revisions waiting, with why."""
+    lines = []
+    hold = doc.get("hold")
+    if hold and hold.get("error"):
+        lines.append(f"hold: the hold file is damaged, so new revisions wait: {hold['error']}")
+        lines.append("  (reconciler unhold removes it; reconciler hold writes a new one)")
+    elif hold and hold["active"]:
+        until = f" until {hold['until']}" if hold["until"] else " until reconciler unhold"
+        reason = f": {hold['reason']}" if hold["reason"] else ""
+        lines.append(f"hold: new revisions wait, since {hold['since']}{until}{reason}")
+    elif hold:
+        lines.append(f"hold: ended {hold['until']} (expired; reconciler unhold tidies it)")
+    window = doc.get("maintenance")
+    if window:
+        where = "inside" if window["in_window"] else "outside"
+        then = "" if window["in_window"] else f", next opens {window['next_open'] or 'never'}"
+        lines.append(
+            f"maintenance windows: {', '.join(window['windows'])} ({window['timezone']}): "
+            f"now {where}{then}"
+        )
+    if doc.get("pending_revisions"):
+        lines.append("pending (new revisions not taken yet):")
+        for w in doc["pending_revisions"]:
+            lines.append(
+                f"  {w['app']} revision {_short(w['revision'])} [{w['kind']}]: {w['reason']}"
+            )
     return lines
 
 

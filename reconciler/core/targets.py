@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from reconciler import model
-from reconciler.core import desired, policy, state
+from reconciler.core import desired, maintenance, policy, state
 from reconciler.core.settings import DeviceSettings
 from reconciler.errors import Problem
 
@@ -49,6 +49,9 @@ class ReleaseContent:
     manifests: Mapping[str, model.AppManifest]  # path -> the valid manifests
     problems: Mapping[str, tuple[str, ...]]  # path -> messages of invalid manifests
     pins: frozenset[str]  # every path the release pins
+    # Rollout control from the signed release (SPEC 2.3), by manifest path.
+    paused: frozenset[str] = frozenset()
+    aborts: Mapping[str, str] = field(default_factory=dict)  # path -> aborted revision
 
     def dropped(self, current: state.DeviceState) -> set[str]:
         """Applied apps this release no longer lists: only these may be pruned."""
@@ -64,6 +67,9 @@ class Selection:
     forbidden: dict[str, list[str]] = field(default_factory=dict)  # app -> policy problems
     invalid: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path -> problems
     kept: dict[str, str] = field(default_factory=dict)  # app -> why it stays where it is
+    # Release revisions not taken here yet, and why (for status and the metrics).
+    waiting: tuple[state.Waiting, ...] = ()
+    aborted: dict[str, str] = field(default_factory=dict)  # app -> revision to hold back
 
     @property
     def failed(self) -> set[str]:
@@ -83,11 +89,15 @@ def select(
     labels: Mapping[str, str],
     now: datetime,
     rebuild: Rebuild,
+    deferral: maintenance.Deferral | None = None,
 ) -> Selection:
     """The apps to run: the release's decisions for this device, with every app that cannot
-    move (waiting for its wave, held back, its new manifest invalid or forbidden) kept on the
-    revision it runs."""
+    move (waiting for its wave, a window, a hold or a paused rollout, held back, its new
+    manifest invalid or forbidden) kept on the revision it runs. An app whose running revision
+    the release aborts returns to its previous revision (rebuilt from state_dir) or, with none,
+    is removed; the aborted revision is to be held back (`Selection.aborted`)."""
     applied = {a.name: a for a in current.apps}
+    previous = {a.name: a for a in current.app_previous}
     valid: list[model.AppManifest] = []
     forbidden: dict[str, list[str]] = {}
     for manifest in sorted(content.manifests.values(), key=lambda m: m.path):
@@ -107,16 +117,48 @@ def select(
         pinned_images=content.pinned_images,
         running={name: app.revision for name, app in applied.items()},
         held_back={h.app: h.revision for h in current.held_back},
+        deferral=deferral,
+        paused=content.paused,
+        aborts=content.aborts,
+        previous={name: app.revision for name, app in previous.items()},
     )
     targets: list[Target] = []
     kept: dict[str, str] = {}
+    waiting: list[state.Waiting] = []
+    aborted: dict[str, str] = {}
+    removed: set[str] = set()
     for decision in decisions:
         if decision.decision == "run":
             targets.append(Target(decision.manifest, content.files[decision.path], decision.images))
         elif decision.decision == "keep":
             kept[decision.app] = decision.reason
+            if decision.waiting is not None:
+                revision = decision.manifest.revision
+                waiting.append(
+                    state.Waiting(decision.app, revision, decision.waiting, decision.reason)
+                )
             if decision.app in applied and (found := rebuild(applied[decision.app])):
                 targets.append(found)
+        elif decision.decision in ("revert", "remove"):
+            running = applied[decision.app]
+            if decision.manifest.revision == running.revision:
+                # The newest revision is the aborted one: it waits for good.
+                waiting.append(
+                    state.Waiting(decision.app, running.revision, "aborted", decision.reason)
+                )
+            back = rebuild(previous[decision.app]) if decision.decision == "revert" else None
+            if decision.decision == "revert" and back is None:
+                # Its previous manifest is gone from state_dir: stay, and say why.
+                kept[decision.app] = f"{decision.reason}, but its manifest is not kept here"
+                if found := rebuild(running):
+                    targets.append(found)
+                continue
+            kept[decision.app] = decision.reason
+            aborted[decision.app] = running.revision
+            if back is not None:
+                targets.append(back)
+            else:
+                removed.add(decision.app)
     # An app whose new manifest is invalid or forbidden keeps running what it ran.
     decided = {d.app for d in decisions}
     for name, app in applied.items():
@@ -126,10 +168,12 @@ def select(
                 targets.append(found)
     return Selection(
         targets=targets,
-        deselected={d.app for d in decisions if d.decision == "skip"},
+        deselected={d.app for d in decisions if d.decision == "skip"} | removed,
         forbidden=forbidden,
         invalid=dict(sorted(content.problems.items())),
         kept=kept,
+        waiting=tuple(waiting),
+        aborted=aborted,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from reconciler.core.state import AppliedApp, DeviceState, HeldBack, Transaction
+from reconciler.core.state import AppliedApp, DeviceState, HeldBack, Transaction, Waiting
 
 
 def iso(moment: datetime) -> str:
@@ -80,14 +80,67 @@ def begun(current: DeviceState, target: DeviceState, now: datetime) -> DeviceSta
 
 
 def committed(current: DeviceState, target: DeviceState, now: datetime) -> DeviceState:
-    """`target` applied: what ran before becomes the previous state (when the apps moved)."""
+    """`target` applied: what ran before becomes the previous state (when the apps moved),
+    and each app that changed revision remembers the one it left (`app_previous`)."""
     previous = current.apps if target.apps != current.apps else current.previous_apps
-    return replace(target, previous_apps=previous, pending=None, applied_at=iso(now))
+    return replace(
+        target,
+        previous_apps=previous,
+        app_previous=app_history(current, target.apps),
+        pending=None,
+        applied_at=iso(now),
+    )
+
+
+def app_history(current: DeviceState, to_apps: Sequence[AppliedApp]) -> tuple[AppliedApp, ...]:
+    """Per app, the revision it ran before the one in `to_apps`: set when an app moves to a
+    new revision; dropped when it returns to that very revision (an abort or a rollback by
+    hand: one step of history, not a stack) and when the app leaves the device."""
+    before = {a.name: a for a in current.apps}
+    history = {a.name: a for a in current.app_previous}
+    result: dict[str, AppliedApp] = {}
+    for app in to_apps:
+        old = before.get(app.name)
+        kept = history.get(app.name)
+        if old is None or (kept is not None and kept.revision == app.revision):
+            continue  # a new app has no history; a return to the previous one uses it up
+        if old.revision != app.revision:
+            result[app.name] = old
+        elif kept is not None:
+            result[app.name] = kept
+    return tuple(result[name] for name in sorted(result))
 
 
 def kept_revisions(final: DeviceState) -> set[str]:
-    """The manifests `state_dir` must keep: what runs and what a rollback returns to."""
-    return {a.revision for a in final.apps + final.previous_apps}
+    """The manifests `state_dir` must keep: what runs, what a rollback returns to and what an
+    abort returns each app to."""
+    return {a.revision for a in final.apps + final.previous_apps + final.app_previous}
+
+
+def aborted(
+    current: DeviceState, revisions: Mapping[str, str], *, release_version: int, now: datetime
+) -> DeviceState:
+    """Revisions the release aborts (app -> revision) held back on this device: it leaves
+    them and never takes them again while the release pins them."""
+    if not revisions:
+        return current
+    held = tuple(h for h in current.held_back if h.app not in revisions) + tuple(
+        HeldBack(
+            app=app,
+            revision=revision,
+            reason=f"aborted by release {release_version}",
+            release_version=release_version,
+            at=iso(now),
+        )
+        for app, revision in sorted(revisions.items())
+    )
+    return replace(current, held_back=held)
+
+
+def waiting(current: DeviceState, found: Sequence[Waiting]) -> DeviceState:
+    """The release revisions not taken yet, as `status` shows them (unchanged: same state)."""
+    ordered = tuple(sorted(found, key=lambda w: w.app))
+    return current if ordered == current.waiting else replace(current, waiting=ordered)
 
 
 def changed_apps(before: Sequence[AppliedApp], after: Sequence[AppliedApp]) -> set[str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from reconciler import logs, ports
 from reconciler.core import state, targets, transitions, trust
 from reconciler.core.settings import DeviceSettings
-from reconciler.device import converge, intake, journal, rollback, state_store
+from reconciler.device import converge, deferrals, intake, journal, rollback, state_store
 from reconciler.device.outcome import EXIT_CODES, CycleOutcome, Result
 from reconciler.errors import (
     EngineError,
@@ -70,6 +71,9 @@ class Reconciler:
         # Kept in memory (and in reconciler_last_fetch_success_timestamp_seconds), not in
         # state_dir: an unchanged poll writes nothing to flash (SPEC 3.2 step 1).
         self.last_fetch: datetime | None = None
+        # What the last Select step saw, for reconciler_app_info: None before any release.
+        self.last_selection: targets.Selection | None = None
+        self.last_content: targets.ReleaseContent | None = None
 
     @property
     def backoff_failures(self) -> int:
@@ -98,7 +102,25 @@ class Reconciler:
                 held_back=len(final.held_back),
                 failed=len(self.converger.failed_apps),
             )
+            self._record_rollout_metrics(final, now or self.clock.now())
         return outcome
+
+    def _record_rollout_metrics(self, final: state.DeviceState, now: datetime) -> None:
+        """reconciler_device_info, _app_info, _hold, _in_maintenance_window (SPEC 3.4)."""
+        assert self.metrics is not None
+        view = deferrals.read_hold(self.store, now)
+        plan = deferrals.schedule(self.settings)
+        self.metrics.set_device(self.settings.device.name)
+        self.metrics.set_hold(view.active)
+        self.metrics.set_in_maintenance_window(plan is None or plan.in_window(now))
+        newest = (
+            {m.name: m.revision for m in self.last_content.manifests.values()}
+            if self.last_content is not None
+            else {}
+        )
+        self.metrics.set_app_info(
+            app_states(final, newest=newest, failed=self.converger.failed_apps)
+        )
 
     def roll_back_by_hand(self, *, now: datetime | None = None) -> CycleOutcome:
         """`reconciler rollback`: every app back to the previous good state (see rollback)."""
@@ -132,6 +154,7 @@ class Reconciler:
             )
         try:
             trusted, content = self._intake(commit, current, now)
+            content = with_rollout_control(content, trusted)
             selection = self._select(content, current, now)
         except FetchError as exc:  # a source that fetches pinned files on demand lost them
             self.fetch_failures += 1
@@ -150,6 +173,10 @@ class Reconciler:
             return self.journal.finish(CycleOutcome("failed", f"engine: {exc}"))
         pinned = {m.name: m.revision for m in content.manifests.values()}
         held = transitions.holds_still_pinned(current, pinned)
+        held = transitions.aborted(
+            held, selection.aborted, release_version=trusted.release.version, now=now
+        )
+        held = transitions.waiting(held, selection.waiting)
         if held != current:
             current = held
             self.store.save(current)
@@ -227,6 +254,7 @@ class Reconciler:
         self, content: targets.ReleaseContent, current: state.DeviceState, now: datetime
     ) -> targets.Selection:
         """The Select step, with what it decided logged and the apps failed here counted."""
+        deferral, _hold, _in_window = deferrals.deferral(self.settings, self.store, now)
         selection = targets.select(
             content,
             current,
@@ -234,7 +262,9 @@ class Reconciler:
             labels=self.labels,
             now=now,
             rebuild=self.converger.rebuild,
+            deferral=deferral,
         )
+        self.last_selection, self.last_content = selection, content
         for problems in selection.forbidden.values():
             for problem in problems:
                 logs.event(_log, logging.ERROR, "policy.violation", problem=problem)
@@ -250,6 +280,36 @@ class Reconciler:
             by_path.get(path, path) for path in selection.invalid
         }
         return selection
+
+
+def with_rollout_control(
+    content: targets.ReleaseContent, trusted: trust.TrustedRelease
+) -> targets.ReleaseContent:
+    """The release's paused and aborted rollouts (SPEC 2.3), from the verified release only."""
+    pins = trusted.release.pins
+    paused = frozenset(path for path, pin in pins.items() if getattr(pin, "paused", False))
+    aborts = {path: abort for path, pin in pins.items() if (abort := getattr(pin, "abort", None))}
+    return replace(content, paused=paused, aborts=aborts)
+
+
+def app_states(
+    final: state.DeviceState, *, newest: Mapping[str, str], failed: set[str]
+) -> dict[str, tuple[str, str]]:
+    """app -> (revision, state) for reconciler_app_info, one per app: `failed` (failed here
+    this cycle: the release's revision), `held_back` (the release's revision is held back or
+    aborted here), `paused` / `pending` (the release's revision waits for the fleet, or for a
+    wave, window or hold), else `running` (the applied revision)."""
+    result: dict[str, tuple[str, str]] = {app.name: (app.revision, "running") for app in final.apps}
+    for waiting in final.waiting:
+        kind = {"paused": "paused", "aborted": "held_back"}.get(waiting.kind, "pending")
+        result[waiting.app] = (waiting.revision, kind)
+    for held in final.held_back:
+        if newest.get(held.app) == held.revision:
+            result[held.app] = (held.revision, "held_back")
+    for app in failed:
+        if app in newest:
+            result[app] = (newest[app], "failed")
+    return result
 
 
 class SystemClock:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from reconciler import logs, text
 from reconciler.core import backoff, settings
-from reconciler.device import control, sdnotify, state_store, wiring
+from reconciler.device import control, deferrals, sdnotify, state_store, wiring
 from reconciler.device import wakeups as wakeups_mod
 from reconciler.errors import SettingsError
 
@@ -110,6 +110,8 @@ def _loop(
             failures = max(crashes, dev.reconciler.backoff_failures if dev else 0)
             try:
                 wait = _next_wait(current, failures)
+                if dev is not None and not failures:
+                    wait = _until_deferral_ends(dev, current, wait)
             except (OverflowError, ValueError):  # an interval too large to compute with
                 wait = wakeups_mod.MAX_SLEEP
             _sleep_with_watchdog(wakeups, wait)
@@ -182,6 +184,22 @@ def _next_wait(current: settings.DeviceSettings, failures: int) -> float:
             jitter=jitter,
         )
     return backoff.jittered(interval, jitter=jitter)
+
+
+def _until_deferral_ends(
+    dev: wiring.Device, current: settings.DeviceSettings, wait: float
+) -> float:
+    """`wait`, or less when revisions wait for a window or a timed hold that ends sooner: the
+    daemon wakes then (spread by the poll jitter, so a fleet does not fetch all at once)."""
+    selection = dev.reconciler.last_selection
+    if selection is None or not any(w.kind in ("window", "hold") for w in selection.waiting):
+        return wait
+    now = dev.reconciler.clock.now()
+    due = deferrals.next_change(current, dev.reconciler.store, now)
+    if due is None:
+        return wait
+    spread = backoff.jittered(current.source.jitter * current.source.poll_interval / 2, jitter=1.0)
+    return min(wait, max(0.0, (due - now).total_seconds()) + spread)
 
 
 def _reload(config_path: str, current: settings.DeviceSettings) -> settings.DeviceSettings:

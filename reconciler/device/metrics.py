@@ -34,6 +34,8 @@ from reconciler.core.urls import redact, scrub
 CYCLE_RESULTS = ("converged", "unchanged", "failed", "rolled_back")
 VERIFICATION_REASONS = tuple(reason.value for reason in errors.Reason)
 APP_STATES = ("running", "held_back", "failed")
+# reconciler_app_info{state}: SPEC 3.4's fleet view of one app on one device.
+APP_INFO_STATES = ("running", "pending", "paused", "held_back", "failed")
 # A cycle takes from milliseconds (nothing moved) to minutes (pulls plus health.timeout).
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 PUSH_TIMEOUT = 10.0
@@ -130,6 +132,7 @@ class Metrics:
         for remote in remotes:
             self.fetch_errors.labels(remote=redact(remote))
         self._applied: tuple[str, str] | None = None
+        self._init_rollout_metrics()
         # One per head query of the fleet source (Git's ref query, a static tree's latest.json),
         # counted by the device against the head it last fetched: not_modified, changed, error.
         self.source_requests = Counter(
@@ -197,6 +200,58 @@ class Metrics:
 
     def set_trust_disabled(self, disabled: bool) -> None:
         self.trust_disabled.set(1 if disabled else 0)
+
+    # --- the fleet view (SPEC 3.4): device, per-app revision and state, hold, window -----------
+
+    def _init_rollout_metrics(self) -> None:
+        r = self.registry
+        self.device_info = Gauge(
+            "reconciler_device_info", "This device's name (always 1).", ["device"], registry=r
+        )
+        self.app_info = Gauge(
+            "reconciler_app_info",
+            "One series per app of the release on this device (always 1): the revision it "
+            "runs (state running) or the release's revision that is pending, paused, held "
+            "back or failed here.",
+            ["app", "revision", "state"],
+            registry=r,
+        )
+        self.hold = Gauge(
+            "reconciler_hold", "1 while a local hold (reconciler hold) is in force.", registry=r
+        )
+        self.in_maintenance_window = Gauge(
+            "reconciler_in_maintenance_window",
+            "1 when new revisions may be applied now (inside a window, or none configured).",
+            registry=r,
+        )
+        self.in_maintenance_window.set(1)
+        self._device: str | None = None
+        self._app_info: dict[str, tuple[str, str]] = {}  # app -> (revision, state) exposed
+
+    def set_device(self, name: str) -> None:
+        """reconciler_device_info{device}; a renamed device (config reload) drops the old one."""
+        if self._device not in (None, name):
+            self.device_info.remove(self._device)
+        self.device_info.labels(device=name).set(1)
+        self._device = name
+
+    def set_app_info(self, apps: Mapping[str, tuple[str, str]]) -> None:
+        """app -> (revision, state): exactly one series per app; a series whose revision or
+        state changed, or whose app left, is removed (not left at a stale 1)."""
+        for app, (revision, state) in self._app_info.items():
+            if apps.get(app) != (revision, state):
+                self.app_info.remove(app, revision, state)
+        for app, (revision, state) in apps.items():
+            if state not in APP_INFO_STATES:
+                raise ValueError(f"app state {state!r} is not one of {APP_INFO_STATES}")
+            self.app_info.labels(app=app, revision=revision, state=state).set(1)
+        self._app_info = dict(apps)
+
+    def set_hold(self, held: bool) -> None:
+        self.hold.set(1 if held else 0)
+
+    def set_in_maintenance_window(self, inside: bool) -> None:
+        self.in_maintenance_window.set(1 if inside else 0)
 
     # --- exposing ----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from reconciler import logs
+from reconciler.core import maintenance
 from reconciler.core.state import (
     MANIFESTS_DIR,
     REVISION,
@@ -131,6 +132,37 @@ class StateStore:
         """Replace the saved state atomically: after a crash either the old or the new is there."""
         self._ensure_dir(self.state_dir)
         _atomic_write(self.state_path, to_json(state))
+
+    # --- the local hold (`reconciler hold`): its own file, so the verbs need no state lock ---
+
+    @property
+    def hold_path(self) -> Path:
+        return self.state_dir / maintenance.HOLD_FILE
+
+    def load_hold(self) -> maintenance.Hold | None:
+        """The saved hold (expired or not), None when there is none; a damaged file raises
+        HoldFileError naming it."""
+        try:
+            data = self.hold_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return maintenance.hold_from_json(data)
+        except maintenance.HoldFileError as exc:
+            raise maintenance.HoldFileError(f"{self.hold_path}: {exc}") from None
+
+    def save_hold(self, hold: maintenance.Hold) -> None:
+        self._ensure_dir(self.state_dir)
+        _atomic_write(self.hold_path, maintenance.hold_to_json(hold))
+
+    def clear_hold(self) -> bool:
+        """Remove the hold file (damaged or not); True when there was one."""
+        try:
+            self.hold_path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.state_dir)
+        return True
 
     def lock(self) -> StateLock:
         """Take the single-instance lock (use as `with store.lock():` or call `.release()`).

@@ -17,16 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from reconciler import text
+from reconciler import model, text
 from reconciler.adapters import checkout
-from reconciler.core import desired, manifests, release
+from reconciler.core import desired, manifests, release, rollout_control
+from reconciler.errors import Problem, ProblemsError
+from reconciler.fleet import rollout_file
 from reconciler.fleet.devices import Device
 from reconciler.fleet.last_release import apps_of_release, read_last_release
 from reconciler.fleet.printing import print_problems, safe, utc_time
 
 LEGEND = (
-    "legend: + new  ~ changed  = unchanged  - removed  ! waiting for its rollout wave; "
-    "revisions are the manifest's sha256 (12 digits)"
+    "legend: + new  ~ changed  = unchanged  - removed  ! waiting for its rollout wave or paused  "
+    "x aborted; revisions are the manifest's sha256 (12 digits)"
 )
 _IMAGES_WIDTH = 48  # wider image lists push the note right instead of padding every line
 
@@ -69,6 +71,11 @@ def plan(
         print_problems(problems, out=out)
         print("plan: fix the manifests first (reconciler validate)", file=out)
         return 1
+    paused, aborts, control_problems = _work_tree_controls(root, apps, err=err)
+    if control_problems:
+        print_problems(control_problems, out=out)
+        print(f"plan: fix {rollout_file.PATH} first (reconciler validate)", file=out)
+        return 1
     last, against = read_last_release(root, err=err)
     previous = apps_of_release(root, last, known=apps, err=err) if last else []
     pins = last.pins if last else {}
@@ -88,6 +95,8 @@ def plan(
             now=now,
             since=last.since if last else {},
             pinned_images=last.pinned_images if last else {},
+            paused={path for path, pin in pins.items() if pin.paused},
+            aborts={path: pin.abort for path, pin in pins.items() if pin.abort},
         )
         running = {d.app: d.manifest.revision for d in before if d.decision == "run"}
         after = desired.decide(
@@ -98,6 +107,8 @@ def plan(
             since=since,
             pinned_images=images,
             running=running,
+            paused=paused,
+            aborts=aborts,
         )
         tables.append((device, *_rows(after, {d.app: d for d in before}, last)))
     _print_tables(tables, out=out)
@@ -125,6 +136,28 @@ def _rows(
                 rows.append(_Row("-", d.app, old, "removed", note="selector no longer matches"))
             else:
                 not_selected.append(d.app)
+        elif d.decision in ("revert", "remove"):
+            rows.append(
+                _Row(
+                    "x",
+                    d.app,
+                    (d.kept_revision or d.manifest.revision)[:12],
+                    "aborted",
+                    note=f"revision {(was.manifest.revision if was else revision)[:12]} is "
+                    "aborted: a device running it returns to its previous revision (or "
+                    "removes the app when it has none)",
+                )
+            )
+        elif d.decision == "keep" and d.waiting in ("paused", "aborted"):
+            kept = d.kept_revision[:12] if d.kept_revision else "-"
+            note = (
+                f"new revision {revision} is paused: devices not on it keep what they run"
+                if d.waiting == "paused"
+                else f"revision {revision} is aborted: devices that never took it never will"
+            )
+            rows.append(
+                _Row("!" if d.waiting == "paused" else "x", d.app, kept, d.waiting, "", note)
+            )
         elif d.decision == "keep":
             if d.kept_revision is not None and was is not None:
                 note = f"new revision {revision} is {d.reason}"
@@ -152,6 +185,41 @@ def _rows(
             rows.append(_Row("-", name, old, "removed", note="no longer in the repo"))
     rows.sort(key=lambda r: r.app)
     return rows, not_selected
+
+
+def _work_tree_controls(
+    root: Path, apps: Sequence[model.AppManifest], *, err: TextIO
+) -> tuple[set[str], dict[str, str], list[Problem]]:
+    """The work tree's `.fleet/rollout.yaml` as the next release would sign it: paused paths
+    and path -> aborted full revision, or the problems that stop it."""
+    try:
+        data = checkout.read_optional(root, rollout_file.PATH)
+    except ProblemsError as exc:  # a link or a directory: as with release.json, plan without it
+        for unreadable in exc.problems:
+            print(f"plan: warning: {unreadable}; planned without it", file=err)
+        data = None
+    try:
+        controls = rollout_control.parse(data)
+    except ProblemsError as exc:
+        return set(), {}, list(exc.problems)
+    by_name = {app.name: app for app in apps}
+    paused: set[str] = set()
+    aborts: dict[str, str] = {}
+    problems: list[Problem] = []
+    for name, control in controls.items():
+        app = by_name.get(name)
+        if app is None:
+            problems.append(Problem(rollout_file.PATH, f"apps.{name}", f'no app named "{name}"'))
+            continue
+        if control.paused:
+            paused.add(app.path)
+        if control.abort is not None:
+            full, why = rollout_file.resolve(root, app, control.abort)
+            if why is not None:
+                problems.append(Problem(rollout_file.PATH, f"apps.{name}.abort", why))
+            else:
+                aborts[app.path] = full
+    return paused, aborts, problems
 
 
 def _wave_note(decision: desired.AppDecision) -> str:

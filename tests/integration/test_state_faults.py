@@ -245,8 +245,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "empty": (lambda good: b"", "not valid JSON"),
     "garbage": (lambda good: b"\x89PNG\r\n\x1a\n\xff\xfe garbage", "not valid JSON"),
     "future schema": (
-        lambda good: good.replace(b'"schema_version": 1', b'"schema_version": 2'),
-        "schema_version: unknown schema version 2",
+        lambda good: good.replace(b'"schema_version": 2', b'"schema_version": 3'),
+        "schema_version: unknown schema version 3",
     ),
 }
 

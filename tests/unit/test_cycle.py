@@ -95,6 +95,7 @@ def make_device(
     remotes: tuple[str, ...] = ("origin",),
     metrics: bool = False,
     verifier: FakeVerifier | None = None,
+    extra_config: str = "",
 ) -> Device:
     state_dir = tmp_path / "state"
     config = (
@@ -104,6 +105,7 @@ def make_device(
         f"runtime: {{namespace: {NAMESPACE}}}\n"
         "health: {timeout: 1s, stable_for: 0s}\n"
         f"state_dir: {state_dir}\n"
+        f"{extra_config}"
     )
     loaded = settings.load(config.encode(), file="config.yaml", env={}, hostname="dev-01")
     fleet = FleetSimulator(remotes=remotes)

@@ -341,10 +341,27 @@ def test_bad_rollout_wave_is_rejected(waves: object, field: str, fragment: str) 
     assert any(p.field == f"spec.rollout.{field}" and fragment in p.message for p in problems)
 
 
-def test_rollout_without_waves_is_rejected() -> None:
+def test_an_empty_rollout_is_rejected() -> None:
     problems = problems_of(edited((("spec", "rollout"), {})))
     assert [(p.field, p.message) for p in problems] == [
-        ("spec.rollout.waves", "required field is missing")
+        (
+            "spec.rollout",
+            "expected waves, urgent or both; omit rollout to update every device at once",
+        )
+    ]
+
+
+def test_urgent_is_a_flag_that_defaults_to_false_and_needs_no_waves() -> None:
+    urgent = manifests.parse(edited((("spec", "rollout"), {"urgent": True})), path=PATH)
+    assert urgent.urgent is True and urgent.waves == ()
+    both = manifests.parse(
+        edited((("spec", "rollout"), {"urgent": False, "waves": [{"percent": 100}]})), path=PATH
+    )
+    assert both.urgent is False and len(both.waves) == 1
+    assert manifests.parse(dump(minimal()), path=PATH).urgent is False
+    problems = problems_of(edited((("spec", "rollout"), {"urgent": "yes"})))
+    assert [(p.field, p.message) for p in problems] == [
+        ("spec.rollout.urgent", 'expected true or false, got "yes"')
     ]
 
 

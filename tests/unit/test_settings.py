@@ -226,8 +226,8 @@ def test_unknown_keys_are_rejected_at_every_level():
     )
     text = text.replace(UNSIGNED, "")
     assert problems(text) == [
-        "sourc: unknown key; expected one of device, health, metrics, policy, runtime, source, "
-        "state_dir, trust",
+        "sourc: unknown key; expected one of device, health, maintenance, metrics, policy, "
+        "runtime, source, state_dir, trust",
         "device.nmae: unknown key; expected one of labels, labels_dir, name",
         "trust.identities[0].x: unknown key; expected one of identity, issuer",
     ]

@@ -55,6 +55,17 @@ states = st.builds(
         ),
         max_size=3,
     ).map(tuple),
+    app_previous=app_tuples,
+    waiting=st.lists(
+        st.builds(
+            state.Waiting,
+            app=texts,
+            revision=texts,
+            kind=st.sampled_from(state.WAITING_KINDS),
+            reason=texts,
+        ),
+        max_size=3,
+    ).map(tuple),
     pending=st.none()
     | st.builds(
         Transaction,
@@ -93,17 +104,55 @@ def test_any_state_survives_a_json_round_trip(device: DeviceState) -> None:
 
 def test_a_fresh_state_round_trips_and_is_readable_json() -> None:
     data = state.to_json(DeviceState())
-    assert json.loads(data)["schema_version"] == 1
+    assert json.loads(data)["schema_version"] == 2
     assert state.from_json(data) == DeviceState()
 
 
 def test_unknown_schema_version_is_an_error_naming_the_file() -> None:
-    data = json.dumps({"schema_version": 2, "apps": []}).encode()
+    data = json.dumps({"schema_version": 3, "apps": []}).encode()
     with pytest.raises(StateError) as caught:
         state.from_json(data, file="/var/lib/reconciler/state.json")
     assert isinstance(caught.value, ReconcilerError)
     assert str(caught.value).startswith("/var/lib/reconciler/state.json: schema_version: ")
-    assert "unknown schema version 2" in str(caught.value)
+    assert "unknown schema version 3; this build reads 1 and 2" in str(caught.value)
+
+
+def test_a_schema_1_state_file_reads_with_no_per_app_history_and_is_written_as_2() -> None:
+    old = {
+        "schema_version": 1,
+        "release_version": 3,
+        "apps": [{"name": "gw", "path": "apps/gw/app.yaml", "revision": REVISION, "images": []}],
+        "previous_apps": [],
+        "held_back": [],
+        "pending": None,
+    }
+    loaded = state.from_json(json.dumps(old).encode())
+    assert loaded.release_version == 3
+    assert loaded.app_previous == () and loaded.waiting == ()
+    assert json.loads(state.to_json(loaded))["schema_version"] == 2
+    # A schema 1 file never had the new keys: one that does is not schema 1.
+    with pytest.raises(StateError, match="waiting: unknown key"):
+        state.from_json(json.dumps({**old, "waiting": []}).encode())
+
+
+def test_a_schema_1_file_implies_each_changed_apps_previous_revision() -> None:
+    def app(name: str, rev: str) -> dict[str, object]:
+        return {"name": name, "path": f"apps/{name}/app.yaml", "revision": rev, "images": []}
+
+    old = {
+        "schema_version": 1,
+        "apps": [app("gw", "b" * 64), app("db", "c" * 64), app("new", "e" * 64)],
+        "previous_apps": [app("gw", "a" * 64), app("db", "c" * 64), app("gone", "d" * 64)],
+    }
+    loaded = state.from_json(json.dumps(old).encode())
+    assert [(a.name, a.revision) for a in loaded.app_previous] == [("gw", "a" * 64)]
+
+
+def test_a_pending_revision_of_an_unknown_kind_is_refused() -> None:
+    doc = json.loads(state.to_json(DeviceState()))
+    doc["waiting"] = [{"app": "gw", "revision": REVISION, "kind": "later", "reason": "?"}]
+    with pytest.raises(StateError, match=r"waiting\[0\]\.kind: expected one of wave"):
+        state.from_json(json.dumps(doc).encode())
 
 
 def test_a_boolean_is_not_schema_version_one() -> None:
