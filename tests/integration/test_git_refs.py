@@ -11,7 +11,6 @@ import logging
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from reconciler.adapters.git_source import GitSource
 from reconciler.errors import RemotesFailed
 from testkit.fleet_repos import GIT_ENV, BareFleetRepo, commit_files, make_repo
 from testkit.git_server import GitDaemon, GitDumbHttpServer, GitHttpServer
+from testkit.hostile import HostileServer, serving
 from testkit.loopback import free_port
 from testkit.nginx import Nginx, NginxUnavailable, TestCA
 
@@ -310,70 +310,45 @@ def test_a_redirect_is_refused_and_its_credentials_hidden(front: Nginx, tls: Tes
 # --- hostile servers: bounded in time and size --------------------------------------------------
 
 
-class Hostile:
-    """Answers every connection on 127.0.0.1 per `mode`, in daemon threads."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+class Hostile(HostileServer):
+    """Plays `mode` on every connection: Git answers no real server gives."""
 
     def url(self, scheme: str) -> str:
         return f"{scheme}://127.0.0.1:{self.port}/fleet.git"
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         smart = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n"
-        with conn:
-            try:
-                conn.recv(65536)
-                if self.mode == "silent":
-                    self.stop.wait(30)
-                elif self.mode == "http-endless":
-                    conn.sendall(smart + b"Connection: close\r\n\r\n000eversion 2\n")
-                    while not self.stop.is_set():
-                        conn.sendall(git_refs.pkt(b"x" * 1000) * 64)
-                elif self.mode == "http-drip":
-                    conn.sendall(smart + b"Content-Length: 1000\r\n\r\n")
-                    while not self.stop.wait(0.3):
-                        conn.sendall(b"0")
-                elif self.mode == "http-huge":
-                    conn.sendall(smart + b"Content-Length: 999999999\r\n\r\n")
-                    self.stop.wait(30)
-                elif self.mode == "http-garbage":
-                    conn.sendall(smart + b"Content-Length: 8\r\n\r\nzzzzzzzz")
-                elif self.mode == "git-endless":
-                    ref = git_refs.pkt(b"0" * 40 + b" refs/heads/" + b"x" * 900 + b"\n")
-                    while not self.stop.is_set():
-                        conn.sendall(ref * 64)
-                elif self.mode == "git-drip":
-                    conn.sendall(b"000e")
-                    while not self.stop.wait(0.3):
-                        conn.sendall(b"v")
-                elif self.mode == "git-overlong":
-                    conn.sendall(b"fff1" + b"x" * 70000)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
+        if self.mode == "silent":
+            self.stop.wait(30)
+        elif self.mode == "http-endless":
+            conn.sendall(smart + b"Connection: close\r\n\r\n000eversion 2\n")
+            while not self.stop.is_set():
+                conn.sendall(git_refs.pkt(b"x" * 1000) * 64)
+        elif self.mode == "http-drip":
+            conn.sendall(smart + b"Content-Length: 1000\r\n\r\n")
+            while not self.stop.wait(0.3):
+                conn.sendall(b"0")
+        elif self.mode == "http-huge":
+            conn.sendall(smart + b"Content-Length: 999999999\r\n\r\n")
+            self.stop.wait(30)
+        elif self.mode == "http-garbage":
+            conn.sendall(smart + b"Content-Length: 8\r\n\r\nzzzzzzzz")
+        elif self.mode == "git-endless":
+            ref = git_refs.pkt(b"0" * 40 + b" refs/heads/" + b"x" * 900 + b"\n")
+            while not self.stop.is_set():
+                conn.sendall(ref * 64)
+        elif self.mode == "git-drip":
+            conn.sendall(b"000e")
+            while not self.stop.wait(0.3):
+                conn.sendall(b"v")
+        elif self.mode == "git-overlong":
+            conn.sendall(b"fff1" + b"x" * 70000)
 
 
 @pytest.fixture
 def hostile(request: pytest.FixtureRequest) -> Iterator[Hostile]:
-    server = Hostile(request.param)
-    yield server
-    server.close()
+    with serving(Hostile(request.param)) as server:
+        yield server
 
 
 @pytest.mark.parametrize(
