@@ -7,6 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from reconciler.fleet import lab_ca
+from testkit.device_lab import LabSigner
+
+
+@pytest.fixture(scope="module")
+def lab_signer(tmp_path_factory: pytest.TempPathFactory) -> LabSigner:
+    """A lab CA of the module's own, and the signer devices trust when their config says so."""
+    directory = tmp_path_factory.mktemp("ca") / "lab"
+    lab_ca.init(directory)
+    return LabSigner(directory)
+
 
 @pytest.fixture
 def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:

@@ -33,6 +33,7 @@ from testkit.device_lab import (
 from testkit.git_server import GitDaemon
 from testkit.images import ImageFactory
 from testkit.registry import LocalRegistry
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -84,14 +85,6 @@ def git_daemon() -> Iterator[Callable[[Path], GitDaemon]]:
     yield start
     for server in servers:
         server.stop()
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
-        time.sleep(0.2)
 
 
 def served(port: int, body: str) -> Callable[[], bool]:

@@ -3,8 +3,7 @@ Podman): the daemon reads the hold each cycle, the verbs wake it, and the metric
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -13,10 +12,9 @@ import pytest
 from testkit.device_lab import DeviceLab, app_manifest, http_get, managed, metric, scrape, web
 from testkit.images import ImageFactory
 from testkit.registry import LocalRegistry
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.docker
-
-WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +32,6 @@ def lab(tmp_path: Path, docker_host: str, namespace: str) -> Iterator[DeviceLab]
     lab.metrics_listen = f"127.0.0.1:{lab.free_port()}"
     lab.write_config()  # poll_interval 1h: only a wake-up makes the daemon cycle soon
     yield lab
-
-
-def eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT:.0f} s waiting for: {what}")
-        time.sleep(0.2)
 
 
 def test_a_hold_set_beside_the_daemon_defers_a_new_revision_and_unhold_applies_it_at_once(

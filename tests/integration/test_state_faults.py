@@ -40,6 +40,7 @@ from testkit.device_lab import (
 )
 from testkit.images import ImageFactory
 from testkit.registry import LocalRegistry
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -109,14 +110,6 @@ def prefetch(lab: DeviceLab) -> None:
 
 def remount(path: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
-        time.sleep(0.2)
 
 
 # --- state_dir full or read-only -------------------------------------------------------------

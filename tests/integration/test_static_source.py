@@ -30,6 +30,7 @@ from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get, met
 from testkit.images import ImageFactory
 from testkit.nginx import Nginx, NginxUnavailable, TestCA
 from testkit.registry import LocalRegistry
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -43,13 +44,6 @@ def pages(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
         )
         refs[version] = f"{registry.address}/static/web:{version}"
     return refs
-
-
-@pytest.fixture(scope="module")
-def lab_signer(tmp_path_factory: pytest.TempPathFactory) -> LabSigner:
-    directory = tmp_path_factory.mktemp("ca") / "lab"
-    lab_ca.init(directory)
-    return LabSigner(directory)
 
 
 @pytest.fixture(scope="module")
@@ -318,14 +312,6 @@ def test_blobs_failing_with_5xx_keep_the_applied_state_until_the_host_recovers(d
 
 
 # --- the attacks against a running daemon: its metrics, its status, its recovery ----------------
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
-        time.sleep(0.2)
 
 
 class Front:

@@ -31,6 +31,7 @@ from testkit.device_lab import DeviceLab, LabSigner, app_manifest, http_get, met
 from testkit.images import ImageFactory
 from testkit.nginx import Nginx, NginxUnavailable
 from testkit.registry import LocalRegistry
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -46,13 +47,6 @@ def pages(images: ImageFactory, registry: LocalRegistry) -> dict[str, str]:
     return refs
 
 
-@pytest.fixture(scope="module")
-def lab_signer(tmp_path_factory: pytest.TempPathFactory) -> LabSigner:
-    directory = tmp_path_factory.mktemp("ca") / "lab"
-    lab_ca.init(directory)
-    return LabSigner(directory)
-
-
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[Nginx]:
     tree = tmp_path / "public"
@@ -63,14 +57,6 @@ def origin(tmp_path: Path) -> Iterator[Nginx]:
         pytest.skip(str(exc))
     yield server
     server.stop()
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
-        time.sleep(0.2)
 
 
 def state_files(directory: Path) -> dict[str, tuple[int, int]]:
