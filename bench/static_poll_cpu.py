@@ -5,7 +5,8 @@ the same fleet as a Git repo over smart HTTP (`git http-backend`, in its own pro
 is not counted here) with nginx as the TLS front for HTTPS. Then polls each source `--polls`
 times after a warm-up and prints the median device CPU (this process and the git children it
 waited for) and wall time per unchanged poll: `StaticSource.head()` (a conditional GET, 304,
-on one kept-alive connection) and `GitSource.head()` (`git ls-remote`).
+on one kept-alive connection) and `GitSource.head()` with `git ls-remote` (bench.git_poll_cpu
+compares it with the in-process ref query).
 
     .venv/bin/python -m bench.static_poll_cpu [--polls 20]
 """
@@ -99,10 +100,10 @@ def main() -> None:
                         cache_dir=root / "c3", urls=[str(tree)])),
                     ("git ls-remote https (nginx TLS front)", GitSource(
                         cache_dir=root / "g1", urls=[f"{nginx.https_url}git/fleet.git"],
-                        branch="main")),
+                        branch="main", ref_query=False)),
                     ("git ls-remote http (smart HTTP)", GitSource(
                         cache_dir=root / "g2", urls=[f"http://127.0.0.1:{git_port}/fleet.git"],
-                        branch="main")),
+                        branch="main", ref_query=False)),
                     ("git ls-remote file://", GitSource(
                         cache_dir=root / "g3", urls=[repo.file_url], branch="main")),
                 ]  # fmt: skip

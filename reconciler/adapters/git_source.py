@@ -1,7 +1,9 @@
 """Git source adapter: the fleet repo as seen by the device, through GitPython and the git CLI.
 
 Owns a bare cache repo (`cache_dir`, e.g. `<state_dir>/mirror.git`), the cheap head query
-(`git ls-remote`), shallow fetches of a moved head, and size-capped reads of files at a commit
+(`git_refs.HeadQuery` in this process for https, http and git URLs, on one kept-alive connection
+per remote; `git ls-remote` for ssh, file URLs, local paths, and remotes git would reach through a
+proxy), shallow fetches of a moved head, and size-capped reads of files at a commit
 straight from Git objects. Remotes are the url then its mirrors, tried in order. The cycle calls
 `head()`, `ensure()`, then `read()`/`list_files()`.
 
@@ -20,15 +22,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import git
 
 from reconciler import errors, logs
 from reconciler import text as text_mod
+from reconciler.adapters import git_refs
 from reconciler.core.urls import branch_problem, redact, scrub, url_problem
 from reconciler.errors import FileRejected, RemotesFailed
 
@@ -101,9 +107,11 @@ class GitSource:
         logger: logging.Logger | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         sole_user: bool = False,
+        ref_query: bool = True,
     ) -> None:
         """`sole_user`: no other process uses `cache_dir` (the caller holds state_dir's lock),
-        so a git lock file found there before a fetch is a leftover of a killed run."""
+        so a git lock file found there before a fetch is a leftover of a killed run.
+        `ref_query=False` asks every remote with `git ls-remote` (the benchmark's baseline)."""
         if not urls:
             raise ValueError("source: at least one url is needed")
         problem = branch_problem(branch)
@@ -118,6 +126,14 @@ class GitSource:
         self._timeout = timeout
         self._sole_user = sole_user
         self._repo: git.Repo | None = None
+        # In-process head queries, by the url as given; the remotes left out keep ls-remote.
+        wanted = ref_query and any(_queryable(r.given) for r in self._remotes)
+        tls = _git_tls_context() if wanted else None
+        self._queries = {
+            r.given: git_refs.HeadQuery(r.given, branch, timeout=timeout, tls=tls)
+            for r in self._remotes
+            if ref_query and _queryable(r.given)
+        }
 
     @property
     def remotes(self) -> tuple[str, ...]:
@@ -125,7 +141,13 @@ class GitSource:
         return tuple(r.name for r in self._remotes)
 
     def close(self) -> None:
-        """Stop the cat-file helper processes; the next call restarts them."""
+        """Stop the cat-file helper processes and close the kept-alive connections; the next
+        call restarts them."""
+        for query in self._queries.values():
+            query.close()
+        self._close_repo()
+
+    def _close_repo(self) -> None:
         if self._repo is not None:
             self._repo.close()
             self._repo = None
@@ -139,19 +161,26 @@ class GitSource:
     # --- network ---------------------------------------------------------------------------
 
     def head(self) -> RemoteHead:
-        """The branch head from the first remote that answers (`git ls-remote`, no fetch)."""
-        self._open()
+        """The branch head from the first remote that answers (a ref query, no fetch)."""
         failures: list[tuple[str, str]] = []
         for remote in self._remotes:
-            status, out, err = self._run("ls-remote", "--", remote.arg, self._ref)
-            if status != 0:
-                failures.append((remote.name, self._reason(status, err)))
+            query = self._queries.get(remote.given)
+            if query is not None:
+                try:
+                    commit = query.head()
+                except git_refs.QueryFailed as exc:
+                    failures.append((remote.name, exc.reason))
+                    continue
             else:
+                status, out, err = self._run("ls-remote", "--", remote.arg, self._ref)
+                if status != 0:
+                    failures.append((remote.name, self._reason(status, err)))
+                    continue
                 commit = _parse_ls_remote(out, self._ref)
-                if commit is not None:
-                    self._note_failover(failures, remote)
-                    return RemoteHead(commit=commit, remote=remote.name, failures=tuple(failures))
-                failures.append((remote.name, f"branch {self._branch} not found on {remote.name}"))
+            if commit is not None:
+                self._note_failover(failures, remote)
+                return RemoteHead(commit=commit, remote=remote.name, failures=tuple(failures))
+            failures.append((remote.name, f"branch {self._branch} not found on {remote.name}"))
         raise RemotesFailed(f"head of branch {self._branch}", failures)
 
     def ensure(self, commit: str, remote: str) -> None:
@@ -176,7 +205,7 @@ class GitSource:
             if reason is None:
                 reason = f"branch {self._branch} no longer points at {sha} (moved since the query)"
             failures.append((candidate.name, reason))
-        self.close()  # the next call re-runs `git init`: repairs a cache deleted under us
+        self._close_repo()  # the next call re-runs `git init`: repairs a cache deleted under us
         raise RemotesFailed(f"fetch {sha} of branch {self._branch}", failures)
 
     def contains(self, commit: str) -> bool:
@@ -273,7 +302,7 @@ class GitSource:
 
     def _cache_error(self, exc: Exception) -> errors.FetchError:
         # The cat-file helper may be dead or the cache damaged: start afresh on the next call.
-        self.close()
+        self._close_repo()
         return errors.FetchError(f"cannot read the cache {self._cache_dir}: {scrub(str(exc))}")
 
     # --- plumbing --------------------------------------------------------------------------
@@ -345,6 +374,28 @@ class GitSource:
                     lock.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _queryable(url: str) -> bool:
+    """Whether `git_refs` asks this remote in process: an https, http or git URL that git
+    would reach directly (a proxy or a TLS setting it alone knows keeps `git ls-remote`)."""
+    if not git_refs.supports(url):
+        return False
+    scheme = url.partition("://")[0].lower()
+    if scheme == "git":
+        return not os.environ.get("GIT_PROXY_COMMAND")
+    if os.environ.get("GIT_SSL_NO_VERIFY") or os.environ.get("GIT_SSL_CERT"):
+        return False
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return True
+    return bool(urllib.request.proxy_bypass(urlsplit(url).hostname or ""))
+
+
+def _git_tls_context() -> ssl.SSLContext:
+    """One TLS context for every https remote, with the CA bundle git would use: GIT_SSL_CAINFO
+    alone when set, else the system store (SSL_CERT_FILE overrides it)."""
+    return ssl.create_default_context(cafile=os.environ.get("GIT_SSL_CAINFO") or None)
 
 
 def _is_bare_repo(cache_dir: Path) -> bool:

@@ -24,9 +24,7 @@ Not thread-safe: one StaticSource per thread.
 
 from __future__ import annotations
 
-import base64
 import errno
-import http.client
 import logging
 import os
 import re
@@ -40,18 +38,16 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-import urllib3
-
 from reconciler import errors, logs
-from reconciler import text as text_mod
+from reconciler.adapters import http_conn
+from reconciler.adapters.http_conn import Failed as _Failed
+from reconciler.adapters.http_conn import TooBig as _TooBig
 from reconciler.core import published, release
-from reconciler.core.urls import redact, scrub, static_url_problem, url_problem
+from reconciler.core.urls import redact, static_url_problem, url_problem
 from reconciler.errors import FileRejected, RemotesFailed
 
 DEFAULT_TIMEOUT = 60.0
-CONNECT_TIMEOUT = 10.0  # at most; never more than the total timeout
 KEEP_RELEASES = 3  # releases (and the blobs they pin) kept in the cache
-_CHUNK = 64 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _USER_AGENT = "reconciler-static-source"
 
@@ -69,20 +65,8 @@ class RemoteHead:
 # --- one mirror ---------------------------------------------------------------------------------
 
 
-class _Failed(Exception):
-    """This mirror could not serve this file; `reason` is safe to log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class _Gone(_Failed):
     """The mirror says the file is not there (404/410, or no such local file)."""
-
-
-class _TooBig(_Failed):
-    """The file is over its size cap."""
 
 
 @dataclass(frozen=True)
@@ -108,37 +92,21 @@ class _HttpMirror:
     """An https/http base URL, one kept-alive connection to it."""
 
     def __init__(self, url: str, *, tls: ssl.SSLContext | None, timeout: float) -> None:
-        parts = urlsplit(url)
-        self.name = redact(url)
-        self._base = (parts.path or "/").rstrip("/") + "/"
+        self._conn = http_conn.Connection(url, tls=tls, timeout=timeout, user_agent=_USER_AGENT)
+        self.name = self._conn.name
+        self._base = self._conn.path.rstrip("/") + "/"
         self._timeout = timeout
-        self._headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-        if parts.username is not None:  # https://user:token@host/tree: basic auth
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-        limits = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout)
-        host, port = parts.hostname or "", parts.port
-        self._pool: urllib3.HTTPConnectionPool
-        # maxsize 1: one kept-alive connection; retries and redirects are decided here.
-        if parts.scheme.lower() == "https":
-            self._pool = urllib3.HTTPSConnectionPool(
-                host, port, maxsize=1, block=False, retries=False, timeout=limits, ssl_context=tls
-            )
-        else:
-            self._pool = urllib3.HTTPConnectionPool(
-                host, port, maxsize=1, block=False, retries=False, timeout=limits
-            )
 
     def get(
         self, rel: str, *, cap: int, etag: str | None = None, modified: str | None = None
     ) -> _Reply:
         deadline = time.monotonic() + self._timeout
-        headers = dict(self._headers)
+        headers = {}
         if etag is not None:
             headers["If-None-Match"] = etag
         if modified is not None:
             headers["If-Modified-Since"] = modified
-        response = self._send(self._base + rel, headers)
+        response = self._conn.send("GET", self._base + rel, label=rel, headers=headers)
         done = False
         try:
             status = response.status
@@ -149,78 +117,25 @@ class _HttpMirror:
             if status in (404, 410):
                 raise _Gone(f"{rel}: not found (HTTP {status})")
             if 300 <= status < 400:
-                where = text_mod.one_line(scrub(response.headers.get("Location", "")), 200)
-                raise _Failed(f"{rel}: redirected (HTTP {status}) to {where}; not followed")
+                raise self._conn.refused_redirect(response, label=rel)
             if status != 200:
                 raise _Failed(f"{rel}: HTTP {status}")
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > cap:
-                raise _TooBig(f"{rel}: is {length} bytes, over the limit of {cap}")
-            body = self._body(response, rel, cap=cap, deadline=deadline)
+            body = self._conn.read_body(response, label=rel, cap=cap, deadline=deadline)
             done = True
             return _Reply(
                 body,
                 etag=response.headers.get("ETag"),
                 modified=response.headers.get("Last-Modified"),
             )
-        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
-            raise _Failed(f"{rel}: {self._describe(exc)}") from None
+        except http_conn.TRANSPORT_ERRORS as exc:
+            raise _Failed(f"{rel}: {self._conn.describe(exc)}") from None
         finally:
             if not done:
                 response.close()  # a connection in an unknown state is never reused
             response.release_conn()
 
-    def _send(self, path: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-        for attempt in (1, 2):
-            try:
-                return self._pool.urlopen(
-                    "GET",
-                    path,
-                    headers=headers,
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    decode_content=False,
-                )
-            except urllib3.exceptions.ProtocolError as exc:
-                # A kept-alive connection the server closed while idle: once more, afresh.
-                if attempt == 2:
-                    raise _Failed(f"{path.rsplit('/', 1)[-1]}: {self._describe(exc)}") from None
-            except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
-                raise _Failed(f"{path.rsplit('/', 1)[-1]}: {self._describe(exc)}") from None
-        raise AssertionError("unreachable")
-
-    def _body(
-        self, response: urllib3.BaseHTTPResponse, rel: str, *, cap: int, deadline: float
-    ) -> bytes:
-        """The body, at most `cap` bytes, all of it by `deadline`: each socket read waits at
-        most the time left, so a server that drips bytes cannot stretch the request."""
-        sock = getattr(getattr(response, "connection", None), "sock", None)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Failed(f"{rel}: timed out after {self._timeout:g}s reading the body")
-            if sock is not None:
-                sock.settimeout(left)
-            chunk = response.read1(_CHUNK)
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > cap:
-                raise _TooBig(f"{rel}: is over the limit of {cap} bytes")
-            chunks.append(chunk)
-
-    def _describe(self, exc: BaseException) -> str:
-        if isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
-            return f"timed out after {self._timeout:g}s"
-        if isinstance(exc, urllib3.exceptions.NewConnectionError):
-            exc = exc.__cause__ or exc
-        return text_mod.one_line(scrub(f"{type(exc).__name__}: {exc}"), 300)
-
     def close(self) -> None:
-        self._pool.close()
+        self._conn.close()
 
 
 class _DirMirror:
