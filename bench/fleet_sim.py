@@ -23,8 +23,10 @@ the access logs what the origin served and the peak request rate at the front.
 
 `--git` measures the comparison: devices asking a Git smart-HTTP server (`git http-backend`
 under testkit's CGI server) for the branch head with `git ls-remote` (GitSource.head, a forked
-git per poll) and with the forkless protocol v2 `ls-refs` query; fewer devices (the device side
-forks), server CPU per poll extrapolated to a fleet.
+git per poll) and with the in-process ref query of `reconciler.adapters.git_refs` (protocol v2
+`ls-refs` on a kept connection, what GitSource uses by default); fewer devices (the device side
+of ls-remote forks), server CPU per poll extrapolated to a fleet. The server side forks
+`git http-backend` per request either way: that is the price of Git over HTTP.
 
     .venv/bin/python -m bench.fleet_sim                     # the default matrix, medians of 3
     .venv/bin/python -m bench.fleet_sim --scenarios cdn --runs 1 --devices 2000
@@ -53,11 +55,10 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-
-import urllib3
 
 from reconciler.adapters.git_source import GitSource
 from reconciler.adapters.static_source import StaticSource
@@ -163,11 +164,13 @@ class StaticDevice:
         self.source.close()
 
 
-class GitLsRemoteDevice:
-    """A device on today's Git source: `GitSource.head()` forks `git ls-remote` per poll."""
+class GitDevice:
+    """A device on the Git source asking for the branch head: `GitSource.head()` with the
+    in-process ref query (`git_refs`: protocol v2 `ls-refs` with `ref-prefix` on a kept
+    connection), or with `ref_query=False` today's forked `git ls-remote` per poll."""
 
-    def __init__(self, cache_dir: Path, url: str) -> None:
-        self.source = GitSource(cache_dir=cache_dir, urls=[url], branch="main")
+    def __init__(self, cache_dir: Path, url: str, *, ref_query: bool) -> None:
+        self.source = GitSource(cache_dir=cache_dir, urls=[url], branch="main", ref_query=ref_query)
         self.held: str | None = None
 
     def poll(self) -> str | None:
@@ -180,71 +183,11 @@ class GitLsRemoteDevice:
         self.source.close()
 
 
-class GitLsRefsDevice:
-    """The branch head over Git's smart-HTTP protocol v2 `ls-refs` with `ref-prefix`, no fork:
-    one POST on a urllib3 pool (a minimal client written here, standing in for the adapter)."""
-
-    def __init__(self, cache_dir: Path, url: str) -> None:
-        parts = urllib3.util.parse_url(url)
-        self.path = (parts.path or "").rstrip("/") + "/git-upload-pack"
-        self.pool = urllib3.HTTPConnectionPool(
-            parts.host or "", parts.port, maxsize=1, retries=False, timeout=10.0
-        )
-        self.body = (
-            pkt(b"command=ls-refs\n")
-            + pkt(b"agent=reconciler-bench\n")
-            + b"0001"
-            + pkt(b"ref-prefix refs/heads/main\n")
-            + b"0000"
-        )
-        self.held: str | None = None
-
-    def poll(self) -> str | None:
-        reply = self.pool.urlopen(
-            "POST",
-            self.path,
-            body=self.body,
-            headers={
-                "Content-Type": "application/x-git-upload-pack-request",
-                "Accept": "application/x-git-upload-pack-result",
-                "Git-Protocol": "version=2",
-            },
-        )
-        if reply.status != 200:
-            raise RuntimeError(f"ls-refs: HTTP {reply.status}")
-        commit = ""
-        for line in pkt_lines(reply.data):
-            oid, _, name = line.partition(b" ")
-            if name.split()[0] == b"refs/heads/main":
-                commit = oid.decode()
-        if not commit:
-            raise RuntimeError("ls-refs: no refs/heads/main")
-        changed = commit != self.held
-        self.held = commit
-        return commit if changed else None
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
-
-
-def pkt_lines(data: bytes) -> Iterator[bytes]:
-    at = 0
-    while at + 4 <= len(data):
-        size = int(data[at : at + 4], 16)
-        if size < 4:  # flush, delimiter, response end
-            at += 4
-            continue
-        yield data[at + 4 : at + size].rstrip(b"\n")
-        at += size
-
-
-DEVICE_KINDS: dict[str, Callable[[Path, str], StaticDevice | GitLsRemoteDevice | GitLsRefsDevice]]
-DEVICE_KINDS = {"static": StaticDevice, "git-ls-remote": GitLsRemoteDevice}
-DEVICE_KINDS["git-ls-refs"] = GitLsRefsDevice
+DEVICE_KINDS: dict[str, Callable[[Path, str], StaticDevice | GitDevice]] = {
+    "static": StaticDevice,
+    "git-ls-remote": partial(GitDevice, ref_query=False),
+    "git-ref-query": partial(GitDevice, ref_query=True),
+}
 
 
 # --- a process of many devices --------------------------------------------------------------------
@@ -322,8 +265,11 @@ def worker_main(conn: multiprocessing.connection.Connection, spec: WorkerSpec) -
                     stats.errors[error] += 1
                 if changed is not None:
                     stats.changes.append((ended, changed))
-                # The daemon sleeps a jittered interval after each cycle.
-                nxt = ended + backoff.jittered(spec.interval, jitter=spec.jitter, rng=rng)
+                # The daemon sleeps a jittered interval after each cycle. Counted from when the
+                # poll was due plus how long it took, not from when it ended: the simulator's
+                # own lag (its start-up backlog) must not bunch up the fleet's phases.
+                took = ended - started
+                nxt = when + took + backoff.jittered(spec.interval, jitter=spec.jitter, rng=rng)
                 heapq.heappush(due, (nxt, index))
 
     # Thousands of long-lived objects: a full collection now and then would be the
@@ -504,7 +450,10 @@ class RunResult:
     latency_p99_ms: float = float("nan")
     lag_p99_ms: float = float("nan")
     errors: dict[str, int] = field(default_factory=dict)
+    latest_max_age: int = 0
     steady_wall: tuple[float, float] = (0.0, 0.0)
+    origin_rss_mb: float = float("nan")
+    cache_rss_mb: float = float("nan")
     release_wall: float = 0.0
     storm_50_s: float = float("nan")
     storm_99_s: float = float("nan")
@@ -545,6 +494,7 @@ def run_static(args: argparse.Namespace, name: str, scenario: Scenario) -> RunRe
     interval = args.storm_interval if scenario.storm else args.interval
     max_age = args.storm_latest_max_age if scenario.storm else args.latest_max_age
     result = RunResult(name, devices, interval, scenario)
+    result.latest_max_age = max_age
     with tempfile.TemporaryDirectory(prefix="fleet-sim-") as scratch:
         root = Path(scratch)
         cache_root = Path(tempfile.mkdtemp(prefix="fleet-sim-", dir=SHM))
@@ -639,6 +589,17 @@ def measure_steady(
     result.lag_p99_ms = quantile(steady.lags, 0.99) * 1000
     result.errors = dict(steady.errors)
     result.steady_wall = (since, until)
+    # Memory with every device's connection open: what a connection costs the server.
+    result.origin_rss_mb = rss_mb(origin.pid)
+    if cache is not None:
+        result.cache_rss_mb = rss_mb(cache.pid)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def measure_storm(
@@ -787,8 +748,8 @@ def report(results: list[RunResult]) -> dict[str, object]:
         f" (stands for {r0.interval * COMPRESSION:g} s)" if r0.interval < 60 else ""
     )
     print(
-        f"\n== {r0.name}: {r0.devices:,} devices, poll {poll}, jitter {s.jitter}, {start}; "
-        f"median of {len(results)} run(s)"
+        f"\n== {r0.name}: {r0.devices:,} devices, poll {poll}, jitter {s.jitter}, {start}, "
+        f"latest.json max-age {r0.latest_max_age} s; median of {len(results)} run(s)"
     )
     if not s.storm:
         rate = m["steady_polls"] / m["steady_seconds"]
@@ -800,6 +761,11 @@ def report(results: list[RunResult]) -> dict[str, object]:
             f"{devices_per_core(m['origin_cpu_per_poll_ms']):,.0f} devices/core at 60 s polls, "
             f"{per_day(m['origin_cpu_per_poll_ms']):.3f} CPU s per device per day"
         )
+        if s.front != "git":
+            print(
+                f"  server memory with {r0.devices:,} kept-alive connections: origin "
+                f"{m['origin_rss_mb']:.0f} MB, cache tier {m['cache_rss_mb']:.0f} MB"
+            )
         if s.front == "cdn":
             print(
                 f"  origin requests in the window: {m['origin_requests']:.0f} (revalidations of "
@@ -850,7 +816,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=6.0, help="steady-state poll (s)")
     parser.add_argument("--storm-interval", type=float, default=60.0, help="storm runs' poll (s)")
     parser.add_argument("--latest-max-age", type=int, default=1, help="latest.json max-age (s)")
-    parser.add_argument("--storm-latest-max-age", type=int, default=10, help="... in storm runs")
+    parser.add_argument("--storm-latest-max-age", type=int, default=1, help="... in storm runs")
     parser.add_argument("--steady", type=float, default=3.0, help="steady window, in polls")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -865,7 +831,7 @@ def main() -> None:
     summaries = []
     if args.git:
         for kind, devices in (("git-ls-remote", args.git_devices),
-                              ("git-ls-refs", args.git_devices * 5)):  # fmt: skip
+                              ("git-ref-query", args.git_devices * 5)):  # fmt: skip
             summaries.append(report([run_git(args, kind, devices) for _ in range(args.runs)]))
     else:
         for name in args.scenarios.split(","):
