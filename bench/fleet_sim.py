@@ -267,9 +267,13 @@ def worker_main(conn: multiprocessing.connection.Connection, spec: WorkerSpec) -
                     stats.changes.append((ended, changed))
                 # The daemon sleeps a jittered interval after each cycle. Counted from when the
                 # poll was due plus how long it took, not from when it ended: the simulator's
-                # own lag (its start-up backlog) must not bunch up the fleet's phases.
-                took = ended - started
-                nxt = when + took + backoff.jittered(spec.interval, jitter=spec.jitter, rng=rng)
+                # own lag (its start-up backlog) must not bunch up the fleet's phases. A device
+                # more than a whole interval behind starts afresh from now instead of polling
+                # again at once to catch up, which no daemon does.
+                pause = backoff.jittered(spec.interval, jitter=spec.jitter, rng=rng)
+                nxt = when + (ended - started) + pause
+                if nxt < ended:
+                    nxt = ended + pause
                 heapq.heappush(due, (nxt, index))
 
     # Thousands of long-lived objects: a full collection now and then would be the
@@ -390,6 +394,7 @@ class LogLine:
     uri: str
     size: int
     cache: str
+    took: float  # nginx's $request_time, seconds (ms resolution)
 
 
 def read_log(path: Path, since: float = 0.0) -> list[LogLine]:
@@ -398,9 +403,9 @@ def read_log(path: Path, since: float = 0.0) -> list[LogLine]:
     if not path.exists():
         return lines
     for raw in path.read_text().splitlines():
-        when, status, _method, uri, size, cache, _took = raw.split(" ")
+        when, status, _method, uri, size, cache, took = raw.split(" ")
         if float(when) >= since:
-            lines.append(LogLine(float(when), int(status), uri, int(size), cache))
+            lines.append(LogLine(float(when), int(status), uri, int(size), cache, float(took)))
     return lines
 
 
@@ -453,6 +458,7 @@ class RunResult:
     latest_max_age: int = 0
     steady_wall: tuple[float, float] = (0.0, 0.0)
     origin_rss_mb: float = float("nan")
+    front_took_p99_ms: float = float("nan")
     cache_rss_mb: float = float("nan")
     release_wall: float = 0.0
     storm_50_s: float = float("nan")
@@ -554,9 +560,11 @@ def run_static(args: argparse.Namespace, name: str, scenario: Scenario) -> RunRe
                 storm_logs(origin, cache, result)
             else:
                 since, until = result.steady_wall
-                result.origin_requests = sum(
-                    1 for line in read_log(origin.access_log, since) if line.when < until
-                )
+                lines = [x for x in read_log(origin.access_log, since) if x.when < until]
+                result.origin_requests = len(lines)
+                if cache is not None:
+                    lines = [x for x in read_log(cache.access_log, since) if x.when < until]
+                result.front_took_p99_ms = quantile([x.took for x in lines], 0.99) * 1000
         finally:
             shutil.rmtree(cache_root, ignore_errors=True)
     return result
@@ -647,6 +655,7 @@ def storm_logs(origin: Nginx, cache: CacheTier | None, result: RunResult) -> Non
     result.origin_peak_rps = peak_rate([line.when for line in origin_lines])
     front_lines = read_log(cache.access_log, result.release_wall) if cache else origin_lines
     result.front_storm_bytes = sum(line.size for line in front_lines)
+    result.front_took_p99_ms = quantile([line.took for line in front_lines], 0.99) * 1000
     result.front_peak_rps = peak_rate([line.when for line in front_lines])
     result.front_peak_fetch_rps = peak_rate(
         [line.when for line in front_lines if line.uri != "/" + published.LATEST]
@@ -775,7 +784,8 @@ def report(results: list[RunResult]) -> dict[str, object]:
         print(
             f"  poll latency on the device: p50 {m['latency_p50_ms']:.2f} ms, p99 "
             f"{m['latency_p99_ms']:.2f} ms; simulator: {m['sim_cpu_per_poll_ms']:.3f} ms CPU per "
-            f"poll, p99 lag behind schedule {m['lag_p99_ms']:.1f} ms"
+            f"poll, p99 lag behind schedule {m['lag_p99_ms']:.1f} ms; the front's p99 request "
+            f"time {m['front_took_p99_ms']:.0f} ms"
         )
     else:
         worst = min(r.storm_held for r in results)
@@ -792,7 +802,8 @@ def report(results: list[RunResult]) -> dict[str, object]:
         print(
             f"  the front served {m['front_storm_bytes']:,.0f} bytes, peak "
             f"{m['front_peak_rps']:,.0f} req/s (100 ms slices), of release/bundle/blob "
-            f"{m['front_peak_fetch_rps']:,.0f} req/s"
+            f"{m['front_peak_fetch_rps']:,.0f} req/s; its p99 request time "
+            f"{m['front_took_p99_ms']:.0f} ms"
         )
         print(
             f"  CPU during the storm: origin {m['storm_origin_cpu_s']:.2f} s, cache tier "
