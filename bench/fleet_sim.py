@@ -126,8 +126,8 @@ class Fleet:
 class CountingVerifier:
     """Stands in for the sigstore verification child: counts the releases it was asked about.
 
-    The signature check costs the device ~0.1-0.3 s of CPU per new release and nothing on the
-    servers; it is not what this benchmark measures, so it is a counter here.
+    The signature check costs the device CPU once per new release and the servers nothing; it
+    is not what this benchmark measures, so it is a counter here.
     """
 
     def __init__(self) -> None:
