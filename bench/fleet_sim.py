@@ -765,6 +765,8 @@ def report(results: list[RunResult]) -> dict[str, object]:
         polls, took = m["steady_polls"], m["steady_seconds"]
         print(f"  {polls:,.0f} unchanged polls in {took:.1f} s ({rate:,.0f}/s)")
         who = "server (handler + git children)" if s.front == "git" else "origin"
+        if s.front == "cdn":
+            who = "origin (behind the cache tier: a few revalidations, in 10 ms CPU ticks)"
         print(
             f"  {who} CPU per device poll: {m['origin_cpu_per_poll_ms']:.4f} ms = "
             f"{devices_per_core(m['origin_cpu_per_poll_ms']):,.0f} devices/core at 60 s polls, "
