@@ -5,12 +5,18 @@ log files in a temp dir (never the system service), `daemon off`, on 127.0.0.1 o
 makes a CA and a server certificate for 127.0.0.1 with the `cryptography` package; a device
 trusts it through SSL_CERT_FILE. The access log is one line per request, status included, so a
 test can tell a 304 from a 200.
+
+For the fleet benchmark: `CacheTier` is a second nginx with `proxy_cache` in front of an origin,
+standing in for a CDN edge (request collapsing, conditional revalidation, cache status in the
+log); `tree_cache_headers` gives the origin the published tree's Cache-Control headers;
+`cpu_seconds` reads the server process's CPU from /proc.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
 import subprocess
 import time
@@ -19,6 +25,20 @@ from pathlib import Path
 from testkit.loopback import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+# One line per request with what a benchmark needs: when, status, size, cache status, time.
+BENCH_LOG_FORMAT = (
+    "$msec $status $request_method $uri $body_bytes_sent $upstream_cache_status $request_time"
+)
+
+
+def tree_cache_headers(latest_max_age: int) -> str:
+    """`location` rules giving a published tree (SPEC 2.4) the headers README tells a CDN origin
+    to send: immutable files cached for a year, `latest.json` for `latest_max_age` seconds."""
+    return f"""
+        location = /latest.json {{ add_header Cache-Control "public, max-age={latest_max_age}"; }}
+        location /releases/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+        location /blobs/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}"""
 
 
 class NginxUnavailable(RuntimeError):
@@ -108,7 +128,14 @@ class Nginx:
     """
 
     def __init__(
-        self, workdir: Path, root: Path, *, tls: TestCA | None = None, extra: str = ""
+        self,
+        workdir: Path,
+        root: Path,
+        *,
+        tls: TestCA | None = None,
+        extra: str = "",
+        worker_connections: int = 256,
+        log_format: str | None = None,
     ) -> None:
         if not Path(NGINX).exists():
             raise NginxUnavailable(f"{NGINX} not found; run scripts/install.sh")
@@ -116,6 +143,8 @@ class Nginx:
         self.root = root
         self.tls = tls
         self.extra = extra
+        self.worker_connections = worker_connections
+        self.log_format = log_format  # None: the "status" lines `requests` describes
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.access_log = workdir / "access.log"
@@ -131,6 +160,13 @@ class Nginx:
         assert self.tls_port is not None
         return f"https://127.0.0.1:{self.tls_port}/"
 
+    def _server_body(self) -> str:
+        """What each server block serves (a subclass serves something else than `root`)."""
+        return f"root {self.root};\n        {self.extra}"
+
+    def _http_extra(self) -> str:
+        return ""
+
     def _config(self) -> str:
         tls = ""
         if self.tls is not None:
@@ -139,21 +175,26 @@ class Nginx:
         listen 127.0.0.1:{self.tls_port} ssl;
         ssl_certificate {self.tls.cert_file};
         ssl_certificate_key {self.tls.key_file};
-        root {self.root};
-        {self.extra}
+        {self._server_body()}
     }}"""
         temp = self.workdir / "tmp"
+        log_format = (
+            self.log_format or "$status $request_method $uri $connection $connection_requests"
+        )
+        # Buffered when a benchmark asks for its own format: a write per request would be
+        # the largest cost measured; the log is flushed on exit.
+        log_buffer = " buffer=256k" if self.log_format else ""
         return f"""
 daemon off;
 master_process off;  # one process as the current user: it reads the temp dirs
 pid {self.workdir / "nginx.pid"};
 error_log {self.error_log} warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections {self.worker_connections}; }}
 http {{
     types {{ application/json json; }}
     default_type application/octet-stream;
-    log_format status '$status $request_method $uri $connection $connection_requests';
-    access_log {self.access_log} status;
+    log_format status '{log_format}';
+    access_log {self.access_log} status{log_buffer};
     client_body_temp_path {temp}/body;
     proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fastcgi;
@@ -161,11 +202,10 @@ http {{
     scgi_temp_path {temp}/scgi;
     keepalive_timeout 300s;
     keepalive_requests 100000;
-    etag on;
+    etag on;{self._http_extra()}
     server {{
         listen 127.0.0.1:{self.port};
-        root {self.root};
-        {self.extra}
+        {self._server_body()}
     }}{tls}
 }}
 """
@@ -217,6 +257,17 @@ http {{
             self._proc.wait()
         self._proc = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "nginx is not running"
+        return self._proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the nginx process so far (one process: `master_process off`)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
     def requests(self) -> list[str]:
         """Access log lines: "<status> <method> <uri> <connection> <requests on it>"."""
         if not self.access_log.exists():
@@ -228,3 +279,52 @@ http {{
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class CacheTier(Nginx):
+    """nginx with `proxy_cache` in front of `origin` (an http URL), standing in for a CDN edge.
+
+    It keeps what the origin's Cache-Control allows, answers conditional GETs from the cache,
+    revalidates an expired file with a conditional GET to the origin (in the background, serving
+    the stale copy meanwhile), and lets one request per missing file reach the origin while the
+    others wait for it (`proxy_cache_lock`): what CDNs call request collapsing. Upstream
+    connections are kept alive. The cache lives in `workdir`.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        origin: str,
+        *,
+        tls: TestCA | None = None,
+        worker_connections: int = 256,
+        log_format: str | None = BENCH_LOG_FORMAT,
+    ) -> None:
+        super().__init__(
+            workdir,
+            workdir / "unused-root",
+            tls=tls,
+            worker_connections=worker_connections,
+            log_format=log_format,
+        )
+        self.origin = origin.rstrip("/")
+
+    def _http_extra(self) -> str:
+        host = self.origin.split("://", 1)[1]
+        return f"""
+    proxy_cache_path {self.workdir / "cache"} levels=1:2 keys_zone=tree:16m max_size=1g
+                     inactive=1h use_temp_path=off;
+    upstream origin {{ server {host}; keepalive 32; }}"""
+
+    def _server_body(self) -> str:
+        return """location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache tree;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 30s;
+            proxy_cache_revalidate on;
+            proxy_cache_use_stale updating error timeout;
+            proxy_cache_background_update on;
+        }"""
