@@ -2,7 +2,8 @@
 
 `Prometheus` runs /usr/bin/prometheus as the current user (never the system service) with its
 own config, data dir and a free 127.0.0.1 port, scraping every second. `Pushgateway` runs
-/usr/bin/prometheus-pushgateway likewise. Both stop on `stop()` / leaving the `with` block.
+/usr/bin/prometheus-pushgateway likewise, in memory only. Both stop on `stop()` / leaving the
+`with` block.
 
 `DeviceExporter` serves, from a loopback HTTP server, the SPEC 3.4 series a device reports for
 the fleet view (`reconciler_device_info{device}`, `reconciler_app_info{app,revision,state}`,
@@ -15,6 +16,7 @@ device's metrics endpoint until the daemon's own are scraped in the end-to-end s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -72,7 +74,9 @@ class _Server:
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as answer:
-                    if answer.status == 200:
+                    # Ours, not another worker's that took the free port first (ours then
+                    # fails to bind and exits, maybe only after this answer).
+                    if answer.status == 200 and _listens(self._proc.pid, self.port):
                         return self
             except OSError:
                 pass
@@ -94,6 +98,22 @@ class _Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux /proc)."""
+    try:
+        owned = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in table:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        # 0100007F: 127.0.0.1 in the kernel's byte order; 0A: LISTEN.
+        if local == f"0100007F:{port:04X}" and state == "0A" and f"socket:[{inode}]" in owned:
+            return True
+    return False
 
 
 class Prometheus(_Server):
@@ -167,6 +187,9 @@ class Pushgateway(_Server):
         return [
             PUSHGATEWAY,
             f"--web.listen-address=127.0.0.1:{self.port}",
+            # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: every
+            # gateway on the machine would load the groups every earlier test pushed.
+            "--persistence.file=",
             "--log.level=warn",
         ]
 

@@ -296,12 +296,16 @@ def app_states(
     final: state.DeviceState, *, newest: Mapping[str, str], failed: set[str]
 ) -> dict[str, tuple[str, str]]:
     """app -> (revision, state) for reconciler_app_info, one per app: `failed` (failed here
-    this cycle: the release's revision), `held_back` (the release's revision is held back or
-    aborted here), `paused` / `pending` (the release's revision waits for the fleet, or for a
-    wave, window or hold), else `running` (the applied revision)."""
+    this cycle: the release's revision), `held_back` (the release's revision is held back here:
+    it failed, or it ran here and was aborted), `paused` / `pending` (the release's revision
+    waits for the fleet, or for a wave, window or hold), else `running` (the applied revision).
+
+    An aborted revision this device never ran is `paused`, not `held_back`: the fleet stopped
+    it before it came here, and fleet-status counts held_back as tried and failed.
+    """
     result: dict[str, tuple[str, str]] = {app.name: (app.revision, "running") for app in final.apps}
     for waiting in final.waiting:
-        kind = {"paused": "paused", "aborted": "held_back"}.get(waiting.kind, "pending")
+        kind = {"paused": "paused", "aborted": "paused"}.get(waiting.kind, "pending")
         result[waiting.app] = (waiting.revision, kind)
     for held in final.held_back:
         if newest.get(held.app) == held.revision:

@@ -151,6 +151,11 @@ def test_a_device_that_never_took_the_aborted_revision_never_will(device: Device
     assert device.running() == {"web": V1}
     assert [(w.app, w.kind) for w in device.state.waiting] == [("web", "aborted")]
     assert device.state.held_back == ()  # nothing to hold back: it never ran here
+    # Reported paused: held_back would count it in fleet-status as a device that tried and
+    # failed the revision, which it never ran.
+    labels = {"app": "web", "revision": revision(web(V2))}
+    assert device.metric("reconciler_app_info", **labels, state="paused") == 1
+    assert device.metric("reconciler_app_info", **labels, state="held_back") == 0
 
 
 def test_an_abort_with_no_previous_revision_removes_the_app(device: Device):
