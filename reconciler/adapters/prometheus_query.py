@@ -47,6 +47,15 @@ class Prometheus:
 
     def query(self, promql: str, *, at: float | None = None) -> list[Series]:
         """The instant vector `promql` evaluates to (at `at`, unix seconds, or now)."""
+        return _vector(self._data(promql, at), self.shown)
+
+    def last_sample_times(self, selector: str, *, at: float | None = None) -> list[Series]:
+        """Each series a range selector (`metric{...}[1d]`) finds, valued with the unix time of
+        its last sample: what was reported last by a target that no longer answers, whose
+        series an instant query no longer returns."""
+        return _last_samples(self._data(selector, at), self.shown)
+
+    def _data(self, promql: str, at: float | None) -> object:
         fields = {"query": promql}
         if at is not None:
             fields["time"] = f"{at:.3f}"
@@ -76,7 +85,7 @@ class Prometheus:
         if not isinstance(doc, dict) or doc.get("status") != "success":
             error = doc.get("error", "") if isinstance(doc, dict) else ""
             raise PrometheusError(f"{self.shown}: HTTP {response.status}: {error}".strip())
-        return _vector(doc.get("data"), self.shown)
+        return doc.get("data")
 
 
 def _vector(data: object, shown: str) -> list[Series]:
@@ -90,4 +99,18 @@ def _vector(data: object, shown: str) -> list[Series]:
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             raise PrometheusError(f"{shown}: a malformed series in the answer") from None
         found.append(Series(labels=labels, value=value))
+    return found
+
+
+def _last_samples(data: object, shown: str) -> list[Series]:
+    if not isinstance(data, dict) or data.get("resultType") != "matrix":
+        raise PrometheusError(f"{shown}: expected a range vector answer")
+    found = []
+    for item in data.get("result") or []:
+        try:
+            labels = {str(k): str(v) for k, v in item["metric"].items()}
+            last = max(float(when) for when, _ in item["values"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise PrometheusError(f"{shown}: a malformed series in the answer") from None
+        found.append(Series(labels=labels, value=last))
     return found

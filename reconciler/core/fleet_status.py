@@ -19,7 +19,8 @@ failed (N held_back or failed: held back or rolled back), applied (N running), p
 (with why: hold, wave, window), older (runs another revision and reports no reason), missing
 (targeted, but reports nothing for the app). A device is stale when it no longer reports (seen
 in the look-back range, not now) or its last successful fetch is older than 3 poll intervals;
-a stale device keeps its last reported state and is also counted as stale. Never seen: an
+a stale device keeps its last reported state and is also counted as stale (for one that no
+longer reports, the app_info series it reported last, see `silent_selectors`). Never seen: an
 inventory device Prometheus has no `device_info` for. Failures count against the newest
 revision only: devices that tried it are those reporting it running, held_back or failed.
 """
@@ -27,7 +28,7 @@ revision only: devices that tried it are those reporting it running, held_back o
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -58,9 +59,36 @@ class Observed:
     device_info_seen: Sequence[Series]
     last_fetch: Sequence[Series]
     app_info: Sequence[Series]
+    app_info_last: Sequence[Series] = ()  # value: unix time of each series' last sample
     hold: Sequence[Series] = ()
     in_window: Sequence[Series] = ()
     applied_info: Sequence[Series] = ()
+
+
+# Devices that stopped reporting whose last app states are looked up, one range query each;
+# beyond this many, the rest show as missing for their apps (and stale all the same).
+MAX_SILENT_LOOKUPS = 100
+
+
+def silent_selectors(observed: Observed, lookback: str) -> list[str]:
+    """Range selectors for the app_info series of scraped devices seen in the look-back range
+    but not reporting now: Prometheus marked their series stale, so only their raw samples
+    (`Prometheus.last_sample_times`) say what each reported last. Pushed devices need none:
+    a Pushgateway keeps serving what they pushed last."""
+    reporting = {s.labels.get("device", "") for s in observed.device_info_now}
+    selectors: dict[str, str] = {}
+    for series in observed.device_info_seen:
+        name = series.labels.get("device", "")
+        job, instance = _target(series.labels)
+        if not name or name in reporting or name in selectors or not instance:
+            continue
+        matchers = f'job="{_promql_string(job)}",instance="{_promql_string(instance)}"'
+        selectors[name] = f"reconciler_app_info{{{matchers}}}[{lookback}]"
+    return [selectors[name] for name in sorted(selectors)][:MAX_SILENT_LOOKUPS]
+
+
+def _promql_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def queries(lookback: str) -> dict[str, str]:
@@ -172,6 +200,9 @@ def devices_from(observed: Observed) -> dict[str, DeviceReport]:
             continue
         entry = (series.labels.get("revision", ""), series.labels.get("state", ""))
         apps.setdefault(who, {}).setdefault(app, set()).add(entry)
+    for who, last in _last_states(observed.app_info_last, owner, reporting).items():
+        for app, entry in last.items():
+            apps.setdefault(who, {}).setdefault(app, {entry})
     return {
         name: DeviceReport(
             name=name,
@@ -185,6 +216,27 @@ def devices_from(observed: Observed) -> dict[str, DeviceReport]:
         )
         for name in sorted(seen | set(apps))
     }
+
+
+def _last_states(
+    found: Sequence[Series], owner: Callable[[Series], str | None], reporting: set[str]
+) -> dict[str, dict[str, tuple[str, str]]]:
+    """Device -> app -> the (revision, state) seen last, for devices that no longer report:
+    the series with the latest sample time wins (a device has one series per app at a time)."""
+    newest: dict[tuple[str, str], tuple[float, tuple[str, str]]] = {}
+    for series in found:
+        who = owner(series)
+        app = series.labels.get("app")
+        state = series.labels.get("state")
+        if who is None or who in reporting or not app or state not in APP_STATES:
+            continue
+        entry = (series.labels.get("revision", ""), state)
+        if (who, app) not in newest or series.value > newest[(who, app)][0]:
+            newest[(who, app)] = (series.value, entry)
+    last: dict[str, dict[str, tuple[str, str]]] = {}
+    for (who, app), (_, entry) in newest.items():
+        last.setdefault(who, {})[app] = entry
+    return last
 
 
 def _target(labels: Mapping[str, str]) -> tuple[str, str]:

@@ -71,6 +71,14 @@ def gather(
             name: client.query(promql, at=now.timestamp())
             for name, promql in fleet_status.queries(lookback).items()
         }
+        # Devices that stopped reporting keep their last state: read from their raw samples.
+        last_seen = [
+            series
+            for selector in fleet_status.silent_selectors(
+                fleet_status.Observed(**results), lookback
+            )
+            for series in client.last_sample_times(selector, at=now.timestamp())
+        ]
     except prometheus_query.PrometheusError as exc:
         print(f"cannot query Prometheus: {safe(str(exc))}", file=err)
         return None
@@ -83,7 +91,7 @@ def gather(
     return fleet_status.compute(
         current=last,
         manifests=manifests,
-        observed=fleet_status.Observed(**results),
+        observed=fleet_status.Observed(**results, app_info_last=last_seen),
         now=now,
         poll_interval=poll_interval,
         devices=devices,

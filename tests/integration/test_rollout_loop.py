@@ -20,7 +20,7 @@ The story, one release per step:
 5. Resumed with v3, a good revision nobody wants after all: the canaries without a hold take it.
    The abort release, with the registry stopped, sends them back to v1 (kept locally) holding
    v3 back; the others never take it.
-6. A device that stops is stale in fleet-status, not forgotten.
+6. A device that stops is stale in fleet-status, not forgotten: shown in its last state.
 
 Every wait is on a condition (Prometheus' view, the engine's labels), never a fixed sleep. The
 devices are named after the test's namespace and fleet-status must show no device but these:
@@ -474,6 +474,11 @@ def test_a_bad_revision_fails_on_the_canaries_the_gate_pauses_it_and_an_abort_re
     run = fleet.cli("fleet-status", "--prometheus", loop.prometheus.url, "--json")
     reports = {d["device"]: d for d in json.loads(run.out)["devices"]}
     assert (reports[others[0]]["reporting"], reports[others[0]]["stale"]) == (False, True)
+    # Its series are stale in Prometheus now; it still counts in the state it was last seen in.
+    _, web = loop.fleet_status()
+    (row,) = [r for r in web["devices"] if r["device"] == others[0]]
+    assert (row["state"], row["stale"]) == ("paused", True)
+    assert (web["counts"]["paused"], web["counts"]["missing"]) == (3, 0)
     step("stale")
 
 

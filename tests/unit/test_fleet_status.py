@@ -191,6 +191,40 @@ def test_stale_devices_no_fetch_for_three_polls_or_no_longer_reporting():
     assert app.stale == 1
 
 
+def test_a_device_that_stopped_reporting_keeps_the_state_it_was_last_seen_in():
+    gone = scraped("gone", (OLD, "running"), fetched=NOW - timedelta(hours=1))
+    target = gone["app_info"][0].labels
+    last_seen = [  # it ran OLD, then paused: the later series is its last state
+        Series(target, (NOW - timedelta(hours=2)).timestamp()),
+        Series(
+            {**target, "revision": NEW, "state": "paused"}, (NOW - timedelta(hours=1)).timestamp()
+        ),
+    ]
+    status = compute(
+        observed(scraped("here", (NEW, "running")), gone=[gone], app_info_last=last_seen)
+    )
+    assert status.stale_devices == ("gone",)
+    assert states(status) == {"here": "applied", "gone": "paused"}
+    # A device still reporting is judged by what it reports now, never by what it was.
+    status = compute(
+        observed(
+            scraped("here", (NEW, "running")),
+            app_info_last=[
+                Series(
+                    {
+                        **scraped("here")["device_info"][0].labels,
+                        "app": "gw",
+                        "revision": OLD,
+                        "state": "failed",
+                    },
+                    NOW.timestamp(),
+                )
+            ],
+        )
+    )
+    assert states(status) == {"here": "applied"}
+
+
 def test_a_device_that_never_fetched_is_stale():
     device = scraped("d1", (NEW, "running"))
     device["last_fetch"] = []
@@ -332,10 +366,33 @@ def test_the_queries_read_exactly_the_spec_metrics():
         "reconciler_applied_info",
     ):
         assert name in text
-    assert set(fleet_status.queries("1d")) == set(Observed.__dataclass_fields__)
+    # Every field but the last states of silent devices (their own range queries) has a query.
+    assert set(fleet_status.queries("1d")) == set(Observed.__dataclass_fields__) - {
+        "app_info_last"
+    }
 
 
 def test_a_state_the_spec_does_not_name_is_not_guessed_at():
     device = scraped("d1", (NEW, "upgrading"))
     status = compute(observed(device), devices={"d1": {}})
     assert states(status) == {"d1": "missing"}
+
+
+def test_only_scraped_devices_that_stopped_reporting_have_their_last_states_looked_up():
+    gone = scraped("gone", (NEW, "running"), instance='odd"host\\:9100')
+    obs = observed(
+        scraped("here", (NEW, "running")),
+        pushed("pushed", (NEW, "running")),
+        gone=[gone, pushed("pushed-gone")],
+    )
+    # A pushed device has no target of its own: its gateway still serves what it pushed last.
+    assert fleet_status.silent_selectors(obs, "1d") == [
+        'reconciler_app_info{job="devices",instance="odd\\"host\\\\:9100"}[1d]'
+    ]
+
+
+def test_the_last_state_lookups_are_capped():
+    many = [scraped(f"d{n:04}") for n in range(fleet_status.MAX_SILENT_LOOKUPS + 5)]
+    selectors = fleet_status.silent_selectors(observed(gone=many), "2h")
+    assert len(selectors) == fleet_status.MAX_SILENT_LOOKUPS
+    assert all(s.endswith("[2h]") for s in selectors)
