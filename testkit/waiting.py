@@ -15,11 +15,18 @@ WAIT = 60.0  # seconds: generous on a loaded machine, and no wait lasts longer t
 
 
 def eventually(
-    check: Callable[[], bool], what: str, timeout: float = WAIT, every: float = 0.2
+    check: Callable[[], object],
+    what: str,
+    timeout: float = WAIT,
+    every: float = 0.2,
+    *,
+    show: Callable[[], str] | None = None,
 ) -> None:
-    """Polls `check` every `every` seconds; fails the test naming `what` after `timeout`."""
+    """Polls `check` every `every` seconds until it is truthy; fails the test naming `what`
+    (and what `show()` says, for the failure's reader) after `timeout`."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}")
+            detail = f"\n{show()}" if show is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}{detail}")
         time.sleep(every)

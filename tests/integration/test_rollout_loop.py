@@ -5,7 +5,9 @@ Five `reconciler run` daemons share one engine (each its own runtime.namespace, 
 metrics port) and one fleet repo (a local Git path polled every second), with releases signed by
 a lab CA every device pins. Debian's Prometheus scrapes four of them every second; the fifth has
 no metrics endpoint and pushes to a Pushgateway that Prometheus scrapes with honor_labels (a
-device behind NAT). The fleet side is the console script, run as the template's CI runs it.
+device behind NAT). A sixth polls a copy of the repo made at v1, so it runs an older revision
+than the release's newest with no reason to give. The fleet side is the console script, run as
+the template's CI runs it.
 
 The story, one release per step:
 1. `web` v1 runs everywhere; one canary sets a local hold.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -48,6 +51,7 @@ import yaml
 from reconciler import model
 from reconciler.core import release, rollout
 from reconciler.fleet import lab_ca
+from testkit import waiting
 from testkit.cli import Run, run_console_script
 from testkit.device_lab import DeviceLab, LabSigner, app_manifest, managed, remove_namespace
 from testkit.fleet_repos import FleetRepo
@@ -66,15 +70,8 @@ INVENTORY = "devices/inventory.yaml"
 WAIT = 180.0
 
 
-def eventually(
-    check: Callable[[], object], what: str, *, show: Callable[[], str] = str, timeout: float = WAIT
-) -> None:
-    """Wait for a truthy `check()`; fail after `timeout` seconds, with `show()`."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for: {what}\n{show()}")
-        time.sleep(0.5)
+def eventually(check: Callable[[], object], what: str, *, show: Callable[[], str] = str) -> None:
+    waiting.eventually(check, what, WAIT, 0.5, show=show)
 
 
 def pick_devices(prefix: str) -> tuple[list[str], list[str]]:
@@ -164,6 +161,7 @@ class Loop:
     registry: LocalRegistry
     image: str
     spare: str  # in the inventory, never started
+    lagger: DeviceLab  # polls a copy of the fleet repo frozen at v1: runs an older revision
 
     @property
     def held_canary(self) -> str:
@@ -224,7 +222,7 @@ class Loop:
         run = self.fleet.cli("fleet-status", *args)
         assert run.code in (0, 4), run.err
         (app,) = [a for a in json.loads(run.out)["apps"] if a["name"] == APP]
-        mine = {d.device_name for d in self.devices} | {self.spare}
+        mine = {d.device_name for d in self.devices} | {self.spare, self.lagger.device_name}
         strangers = [row for row in app["devices"] if row["device"] not in mine]
         assert not strangers, (strangers, self.prometheus.query("up"))
         return run.code, app
@@ -251,13 +249,15 @@ def loop(
     signer = LabSigner(tmp_path / "lab-ca")
     fleet = Fleet(tmp_path / "fleet", signer)
     spare = f"{namespace}-spare"  # in the inventory, never started: never seen
-    listed = [{"name": n, "labels": {}} for n in [*canaries, *others, spare]]
+    lagging = f"{namespace}-lag"  # polls a copy of the repo made at v1: never sees v2
+    listed = [{"name": n, "labels": {}} for n in [*canaries, *others, spare, lagging]]
     fleet.repo.write(INVENTORY, yaml.safe_dump({"devices": listed}))
     try:
         gateway = Pushgateway(tmp_path / "pushgateway").__enter__()
     except PrometheusUnavailable as exc:
         pytest.skip(str(exc))
     devices: list[DeviceLab] = []
+    lagger: DeviceLab | None = None
     prometheus = None
     try:
         for name in [*canaries, *others]:
@@ -279,8 +279,22 @@ def loop(
                 },
             )
             devices.append(lab)
+        lagger = DeviceLab(
+            tmp_path / lagging,
+            docker_host=docker_host,
+            namespace=lagging,
+            device_name=lagging,
+            source_url=str(tmp_path / "frozen"),
+            signer=signer,
+        )
+        lagger.metrics_listen = f"127.0.0.1:{lagger.free_port()}"
+        lagger.write_config(
+            source={"url": str(tmp_path / "frozen"), "poll_interval": "1s", "jitter": 0.2},
+            metrics={"listen": lagger.metrics_listen, "pushgateway": ""},
+        )
+        scraped = [d.metrics_listen for d in devices[:-1]] + [lagger.metrics_listen]
         jobs = [
-            {"job_name": "devices", "targets": [d.metrics_listen for d in devices[:-1]]},
+            {"job_name": "devices", "targets": scraped},
             {"job_name": "pushgateway", "targets": [gateway.target], "honor_labels": True},
         ]
         try:
@@ -288,14 +302,23 @@ def loop(
         except PrometheusUnavailable as exc:
             pytest.skip(str(exc))
         yield Loop(
-            fleet, prometheus, devices, canaries, others, docker_client, registry, page, spare
+            fleet,
+            prometheus,
+            devices,
+            canaries,
+            others,
+            docker_client,
+            registry,
+            page,
+            spare,
+            lagger,
         )
     finally:
         for process in daemons:  # before their containers go, or they would put them back
             process.terminate()
         for process in daemons:
             process.wait(timeout=60)
-        for lab in devices:
+        for lab in [*devices, *([lagger] if lagger else [])]:
             remove_namespace(docker_client, lab.namespace)
         if prometheus is not None:
             prometheus.stop()
@@ -317,8 +340,15 @@ def test_a_bad_revision_fails_on_the_canaries_the_gate_pauses_it_and_an_abort_re
     v1_text, v1 = web_manifest(loop.image, health_path="/index.html", waves=False)
     fleet.repo.write(PATH, v1_text)
     fleet.release("web v1")
-    daemons += [lab.start_daemon() for lab in loop.devices]
+    shutil.copytree(fleet.repo.root, loop.lagger.source_url, symlinks=True)
+    daemons += [lab.start_daemon() for lab in [*loop.devices, loop.lagger]]
     loop.wait_for_states(dict.fromkeys(every, (v1, "running")), "v1 running everywhere")
+    lagging = loop.lagger.device_name
+    eventually(
+        lambda: loop.fleet_status()[1]["counts"]["applied"] == len(every) + 1,
+        f"v1 running on {lagging} too",
+        show=loop.seen,
+    )
     hold = loop.device(held).cli("hold", "--reason", "opening hours")
     assert hold.code == 0, hold.err
     eventually(
@@ -349,12 +379,12 @@ def test_a_bad_revision_fails_on_the_canaries_the_gate_pauses_it_and_an_abort_re
     assert web["revision"] == v2
     assert web["wave"] == "wave 1 of 2 (40%)"
     assert web["counts"] == {
-        "targeted": 6,
+        "targeted": 7,
         "applied": 0,
         "pending": 3,
         "paused": 0,
         "failed": 2,
-        "older": 0,
+        "older": 1,
         "missing": 0,
         "never_seen": 1,
         "stale": 0,
@@ -364,6 +394,7 @@ def test_a_bad_revision_fails_on_the_canaries_the_gate_pauses_it_and_an_abort_re
     rows = {row["device"]: row for row in web["devices"]}
     assert rows[others[1]]["state"] == "pending"  # the pushing device, through the Pushgateway
     assert rows[loop.spare]["state"] == "never_seen"
+    assert rows[lagging]["state"] == "older"  # still on v1, no reason: its source never moved
     assert loop.fleet_status("--max-failures", "2")[0] == 0
 
     step("v2 rolled back")
@@ -447,12 +478,12 @@ def test_a_bad_revision_fails_on_the_canaries_the_gate_pauses_it_and_an_abort_re
     code, web = loop.fleet_status()
     assert (web["abort"], web["still_running_aborted"]) == (v3, 0)
     assert web["counts"] == {
-        "targeted": 6,
+        "targeted": 7,
         "applied": 0,
         "pending": 0,
         "paused": 3,
         "failed": 2,
-        "older": 0,
+        "older": 1,
         "missing": 0,
         "never_seen": 1,
         "stale": 0,
