@@ -363,7 +363,9 @@ def test_an_exec_returns_its_exit_code_and_a_hung_one_is_given_up_at_its_timeout
     spec = model.ContainerSpec(name="box", image=images.sleeper("exec-box"))
     cid = engine.create_and_start(want(spec, namespace=namespace))
     assert engine.exec_run(cid, ["sh", "-c", "exit 7"]) == 7
-    assert engine.exec_run(cid, ["sh", "-c", "yes > /dev/stdout | head -c 100000000"]) == 0
+    # 20 MB of output is drained, not left to block the exec (generous timeout: a loaded CI).
+    noisy = ["sh", "-c", "yes > /dev/stdout | head -c 20000000"]
+    assert engine.exec_run(cid, noisy, timeout=120) == 0
     started = time.monotonic()
     assert engine.exec_run(cid, ["sleep", "30"], timeout=0.5) is None
     assert time.monotonic() - started < 15  # given up, not the 30 s sleep

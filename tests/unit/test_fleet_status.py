@@ -367,9 +367,7 @@ def test_the_queries_read_exactly_the_spec_metrics():
     ):
         assert name in text
     # Every field but the last states of silent devices (their own range queries) has a query.
-    assert set(fleet_status.queries("1d")) == set(Observed.__dataclass_fields__) - {
-        "app_info_last"
-    }
+    assert set(fleet_status.queries("1d")) == set(Observed.__dataclass_fields__) - {"app_info_last"}
 
 
 def test_a_state_the_spec_does_not_name_is_not_guessed_at():
