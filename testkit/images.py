@@ -49,6 +49,10 @@ def check_busybox(path: Path = BUSYBOX) -> bytes:
     return data
 
 
+# What a build says when another worker removed an image its cache pointed at, mid-build.
+_CACHE_RACES = ("unable to find image", "layer not known")
+
+
 class ImageFactory:
     """Builds test images on one engine; one instance per test session."""
 
@@ -103,8 +107,9 @@ class ImageFactory:
                 break
             except BuildError as exc:
                 # A test on another worker removed an image this build's cache pointed at
-                # ("unable to find image sha256:..."): build once more, without the cache.
-                if attempt > 1 or "unable to find image" not in str(exc):
+                # (Docker: "unable to find image sha256:...", Podman: "getting top layer info:
+                # layer not known"): build once more, without the cache.
+                if attempt > 1 or not any(race in str(exc) for race in _CACHE_RACES):
                     raise
         self._built[cache_key] = reference
         return reference
